@@ -1,0 +1,192 @@
+"""The protocol-v1 envelope and its msgpack codec, with every size bounded.
+
+Everything that comes off a socket goes through ``decode``: it either returns a well-formed ``Envelope`` or
+raises ``DecodeError`` carrying the best ``id`` it could salvage, so the transport can answer the sender with
+an ``error`` envelope instead of staying silent. Unknown keys are ignored (forward compatibility).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import msgpack
+
+from bus.errors import BadRequest, BusError, TooLarge
+
+VERSION: Final = 1
+MAX_FRAME: Final = 4 * 1024 * 1024  # bytes in one encoded envelope
+MAX_STR: Final = 1024 * 1024  # characters (bytes) in one string
+MAX_BIN: Final = 4 * 1024 * 1024
+MAX_ARRAY: Final = 100_000
+MAX_MAP: Final = 10_000
+MAX_NAME: Final = 128  # method and topic names
+
+Kind = Literal["request", "reply", "error", "chunk", "end", "event", "cancel"]
+KINDS: Final[frozenset[str]] = frozenset({"request", "reply", "error", "chunk", "end", "event", "cancel"})
+_NEEDS_REF: Final = frozenset({"reply", "error", "chunk", "end", "cancel"})
+
+
+class DecodeError(BadRequest):
+    """A frame that is not a valid envelope. ``salvaged_id`` is set when the sender's id could be read."""
+
+    def __init__(self, message: str, salvaged_id: str | None = None, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.salvaged_id = salvaged_id
+        self.too_large = too_large
+
+    def as_wire_error(self) -> BusError:
+        return TooLarge(self.message) if self.too_large else BadRequest(self.message)
+
+
+def new_id() -> str:
+    """A 128-bit random id as 32 hex characters (cheaper than uuid4 and as unique)."""
+    return os.urandom(16).hex()
+
+
+@dataclass(slots=True)
+class Envelope:
+    kind: str
+    id: str = field(default_factory=new_id)
+    body: dict[str, Any] = field(default_factory=dict)
+    ref: str | None = None
+    method: str | None = None
+    topic: str | None = None
+    seq: int | None = None
+    ts: float | None = None
+    v: int = VERSION
+
+    def to_map(self) -> dict[str, Any]:
+        m: dict[str, Any] = {"v": self.v, "kind": self.kind, "id": self.id, "body": self.body}
+        if self.ref is not None:
+            m["ref"] = self.ref
+        if self.method is not None:
+            m["method"] = self.method
+        if self.topic is not None:
+            m["topic"] = self.topic
+        if self.seq is not None:
+            m["seq"] = self.seq
+        if self.ts is not None:
+            m["ts"] = self.ts
+        return m
+
+    # Constructors for each kind, so call sites never spell the keys by hand.
+    @classmethod
+    def request(cls, method: str, body: dict[str, Any] | None = None, id: str | None = None) -> Envelope:
+        return cls("request", id or new_id(), body or {}, method=method, ts=time.time())
+
+    @classmethod
+    def reply(cls, ref: str, body: dict[str, Any] | None = None) -> Envelope:
+        return cls("reply", new_id(), body or {}, ref=ref)
+
+    @classmethod
+    def error(cls, ref: str, exc: BusError) -> Envelope:
+        return cls("error", new_id(), exc.to_body(), ref=ref)
+
+    @classmethod
+    def chunk(cls, ref: str, seq: int, body: dict[str, Any]) -> Envelope:
+        return cls("chunk", new_id(), body, ref=ref, seq=seq)
+
+    @classmethod
+    def end(cls, ref: str, body: dict[str, Any] | None = None) -> Envelope:
+        return cls("end", new_id(), body or {}, ref=ref)
+
+    @classmethod
+    def event(cls, topic: str, body: dict[str, Any]) -> Envelope:
+        return cls("event", new_id(), body, topic=topic, ts=time.time())
+
+    @classmethod
+    def cancel(cls, ref: str) -> Envelope:
+        return cls("cancel", new_id(), {}, ref=ref)
+
+
+def encode(env: Envelope) -> bytes:
+    """Encode an envelope; refuses to produce a frame the peer would reject as too large."""
+    try:
+        data: bytes = msgpack.packb(env.to_map(), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadRequest(f"body is not serialisable: {exc}") from exc
+    if len(data) > MAX_FRAME:
+        raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME}")
+    return data
+
+
+def encode_map(m: dict[str, Any]) -> bytes:
+    """Encode any map with the same settings (used by tests and raw clients)."""
+    return msgpack.packb(m, use_bin_type=True)
+
+
+def _unpack(frame: bytes) -> Any:
+    return msgpack.unpackb(
+        frame,
+        raw=False,
+        strict_map_key=True,
+        max_str_len=MAX_STR,
+        max_bin_len=MAX_BIN,
+        max_array_len=MAX_ARRAY,
+        max_map_len=MAX_MAP,
+        max_ext_len=0,
+    )
+
+
+def _salvage_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        i = obj.get("id")
+        if isinstance(i, str) and 0 < len(i) <= MAX_NAME:
+            return i
+    return None
+
+
+def _name(m: dict[str, Any], key: str, salvaged: str | None) -> str:
+    value = m.get(key)
+    if not isinstance(value, str) or not value:
+        raise DecodeError(f"'{key}' must be a non-empty string", salvaged)
+    if len(value) > MAX_NAME:
+        raise DecodeError(f"'{key}' is longer than {MAX_NAME} characters", salvaged)
+    return value
+
+
+def decode(frame: bytes) -> Envelope:
+    """Decode and validate one frame into an ``Envelope`` or raise ``DecodeError``."""
+    if len(frame) > MAX_FRAME:
+        raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME}", too_large=True)
+    try:
+        obj = _unpack(frame)
+    except ValueError as exc:  # msgpack's ExtraData, FormatError, StackError and limit errors are ValueErrors
+        raise DecodeError(f"frame is not valid msgpack: {exc}") from None
+    except Exception as exc:  # msgpack raises a handful of unrelated types on hostile input
+        raise DecodeError(f"frame is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"envelope must be a map, got {type(obj).__name__}")
+    sid = _salvage_id(obj)
+    if sid is None:
+        raise DecodeError("'id' must be a non-empty string of at most 128 characters")
+    v = obj.get("v")
+    if v != VERSION:
+        raise DecodeError(f"unsupported protocol version {v!r}; this side speaks {VERSION}", sid)
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise DecodeError(f"unknown kind {kind!r}", sid)
+    body = obj.get("body", {})
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise DecodeError(f"'body' must be a map, got {type(body).__name__}", sid)
+    env = Envelope(kind=kind, id=sid, body=body)
+    if kind in _NEEDS_REF:
+        env.ref = _name(obj, "ref", sid)
+    if kind == "request":
+        env.method = _name(obj, "method", sid)
+    elif kind == "event":
+        env.topic = _name(obj, "topic", sid)
+    elif kind == "chunk":
+        seq = obj.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise DecodeError("'seq' must be a non-negative integer", sid)
+        env.seq = seq
+    ts = obj.get("ts")
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        env.ts = float(ts)
+    return env

@@ -1,0 +1,154 @@
+"""The in-process hub: handlers by method name, events by topic.
+
+Transports are adapters around it (see ``bus.service``). A component registers handlers with the access role
+they need and an optional JSON-schema for the body; the hub checks both before the handler runs, so handlers
+can trust the shape of what they get. Events fan out synchronously to listeners (which only enqueue), and the
+last few events of every topic are kept for late joiners (``event.replay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bus.errors import BadRequest, BusError, Forbidden, InternalError, UnknownMethod
+from bus.service import Call, EventListener, Result, role_allows
+
+log = logging.getLogger("enigma.hub")
+
+UnaryHandler = Callable[[Call], Awaitable[dict[str, Any]]]
+# A streaming handler sends chunks with ``await call.emit(body)`` and returns the ``end`` body.
+StreamHandler = Callable[[Call], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class Route:
+    method: str
+    handler: UnaryHandler | StreamHandler
+    stream: bool
+    access: str
+    validator: Any  # a jsonschema validator or None
+    summary: str
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    topic: str
+    body: dict[str, Any]
+    ts: float
+    seq: int
+
+
+class Hub:
+    """Routes calls to handlers and events to listeners. Lives on the daemon's event loop."""
+
+    def __init__(self, replay_per_topic: int = 50, max_topics: int = 1024) -> None:
+        self._routes: dict[str, Route] = {}
+        self._listeners: list[tuple[str, EventListener]] = []
+        self._replay: OrderedDict[str, deque[StoredEvent]] = OrderedDict()
+        self._replay_per_topic = replay_per_topic
+        self._max_topics = max_topics
+        self._event_seq = 0
+        self.inflight: set[asyncio.Task[Any]] = set()
+
+    # -- handlers -------------------------------------------------------------------------------------------
+    def register(
+        self,
+        method: str,
+        handler: UnaryHandler | StreamHandler,
+        *,
+        stream: bool = False,
+        access: str = "user",
+        schema: dict[str, Any] | None = None,
+        summary: str = "",
+    ) -> Callable[[], None]:
+        """Register ``handler`` for ``method``; returns a function that unregisters it."""
+        if method in self._routes:
+            raise ValueError(f"method {method!r} is already registered")
+        validator = None
+        if schema is not None:
+            import jsonschema
+
+            jsonschema.Draft202012Validator.check_schema(schema)
+            validator = jsonschema.Draft202012Validator(schema)
+        route = Route(method, handler, stream, access, validator, summary or (handler.__doc__ or "").strip())
+        self._routes[method] = route
+
+        def unregister() -> None:
+            if self._routes.get(method) is route:
+                del self._routes[method]
+
+        return unregister
+
+    def methods(self) -> list[Route]:
+        return sorted(self._routes.values(), key=lambda r: r.method)
+
+    def route(self, method: str) -> Route | None:
+        return self._routes.get(method)
+
+    async def dispatch(self, call: Call) -> Result:
+        route = self._routes.get(call.method)
+        if route is None:
+            raise UnknownMethod(f"unknown method {call.method!r}")
+        if not role_allows(call.caller.role, route.access):
+            raise Forbidden(f"role {call.caller.role!r} may not call {call.method!r} (needs {route.access!r})")
+        if route.validator is not None:
+            err = next(iter(route.validator.iter_errors(call.body)), None)
+            if err is not None:
+                where = "/".join(str(p) for p in err.absolute_path) or "body"
+                raise BadRequest(f"{call.method}: {where}: {err.message}", {"field": where})
+        try:
+            body = await route.handler(call)
+        except (BusError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("handler for %s failed", call.method)
+            raise InternalError(f"{call.method} failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(body, dict):
+            raise InternalError(f"{call.method} returned {type(body).__name__}, not a map")
+        return Result("end" if route.stream else "reply", body)
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def add_listener(self, prefix: str, listener: EventListener) -> Callable[[], None]:
+        entry = (prefix, listener)
+        self._listeners.append(entry)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(entry)
+
+        return remove
+
+    def publish(self, topic: str, body: dict[str, Any]) -> None:
+        """Publish an event to every listener whose prefix matches and keep it for replay.
+
+        A listener that raises is logged with its topic and never stops the others.
+        """
+        self._event_seq += 1
+        ev = StoredEvent(topic, body, time.time(), self._event_seq)
+        ring = self._replay.get(topic)
+        if ring is None:
+            ring = self._replay[topic] = deque(maxlen=self._replay_per_topic)
+            while len(self._replay) > self._max_topics:
+                self._replay.popitem(last=False)
+        else:
+            self._replay.move_to_end(topic)
+        ring.append(ev)
+        for prefix, listener in tuple(self._listeners):
+            if topic.startswith(prefix):
+                try:
+                    listener(topic, body)
+                except Exception:
+                    log.exception("event listener failed for topic %s", topic)
+
+    def replay(self, prefix: str, limit: int) -> list[StoredEvent]:
+        """The last ``limit`` events whose topic starts with ``prefix``, oldest first."""
+        events = [ev for topic, ring in self._replay.items() if topic.startswith(prefix) for ev in ring]
+        events.sort(key=lambda e: e.seq)
+        return events[-limit:] if limit > 0 else []

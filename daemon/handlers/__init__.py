@@ -1,0 +1,46 @@
+"""The daemon's core request handlers, one module per area (``sys``, ``module``, ``bus``/``event``).
+
+Each area module has a ``register(hub, core)`` that registers its handlers with their access role and a JSON
+schema for the body (so a wrong type is a ``bad_request`` naming the field before the handler runs) and
+returns the unregister functions. ``Core`` is what the handlers may read about the running daemon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.hub import Hub
+from daemon.manager import ModuleManager
+
+
+@dataclass
+class Core:
+    """The running daemon as the handlers see it. ``server`` is set once the transport is up."""
+
+    hub: Hub
+    manager: ModuleManager
+    node_id: str
+    boot_id: str
+    version: str
+    data_dir: Path
+    started: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    server: Any = None  # bus.zmq_server.ZmqServer: .endpoints, .stats()
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_mono
+
+
+def register_all(hub: Hub, core: Core) -> list[Callable[[], None]]:
+    """Register every core handler; returns their unregister functions."""
+    from daemon.handlers import events, modules, system
+
+    return [
+        *system.register(hub, core),
+        *modules.register(hub, core),
+        *events.register(hub, core),
+    ]

@@ -1,0 +1,357 @@
+"""The module manager: the state machine every toggleable module goes through, and the rules between them.
+
+UNLOADED → LOADING → LOADED → ACTIVE → UNLOADING → UNLOADED; a failure at any step ends in FAILED with the
+error (and the module's partial registrations undone). LOADED means ``load()`` returned; the manager then
+checks that every method the module declared in ``provides`` is really registered before calling it ACTIVE.
+
+Before loading, the manager refuses what would break the daemon: an unknown name (``not_found``), a declared
+conflict or a second module for the same ``slot`` (``conflict``, naming the loaded module in the way), a
+missing dependency (``not_found``; a known one is loaded first), more memory than the machine has available
+(``unavailable``, with both figures). Unloading a module others depend on is a ``conflict`` naming them.
+
+Every transition is published as ``module.state``. What the user asked for is persisted as a *wish*, so
+modules they loaded come back at the next start and modules they unloaded stay off, even if autoloaded.
+Operations on one module are serialised by a per-module lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus.errors import BusError, Conflict, NotFound, Unavailable
+from daemon.hub import Hub
+from daemon.module import Module, ModuleContext, ModuleState
+from daemon.store import Store
+from daemon.topics import MODULE_STATE
+
+log = logging.getLogger("enigma.manager")
+
+_ON = (ModuleState.LOADING, ModuleState.LOADED, ModuleState.ACTIVE)
+
+
+def read_mem_available(path: str = "/proc/meminfo") -> int | None:
+    """Bytes the kernel says can be allocated without swapping (``MemAvailable``), or None where unknown."""
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _Entry:
+    name: str
+    spec: str  # "package.module:ClassName"
+    cls: type[Module] | None = None
+    import_error: str | None = None
+    state: ModuleState = ModuleState.UNLOADED
+    error: str | None = None
+    instance: Module | None = None
+    ctx: ModuleContext | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModuleManager:
+    """Owns every module's lifecycle. ``registry`` maps names to ``"module.path:ClassName"`` import strings;
+    ``ctx_factory(name)`` builds the ``ModuleContext`` a module gets (its config section, data dir, …)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        store: Store,
+        registry: dict[str, str],
+        ctx_factory: Callable[[str], ModuleContext],
+        *,
+        mem_available: Callable[[], int | None] = read_mem_available,
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._ctx_factory = ctx_factory
+        self._mem_available = mem_available
+        self._entries = {name: _Entry(name, spec) for name, spec in registry.items()}
+
+    def use_store(self, store: Store) -> None:
+        """Keep wishes in ``store`` from now on: a live restore (``backup.restore``) reopened the database."""
+        self._store = store
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def names(self) -> builtins.list[str]:
+        return sorted(self._entries)
+
+    def state(self, name: str) -> ModuleState:
+        return self._entry(name).state
+
+    def states(self) -> builtins.list[dict[str, str]]:
+        """``[{"name", "state"}]`` for every known module, cheaply (no imports, no estimates)."""
+        return [{"name": n, "state": str(self._entries[n].state)} for n in sorted(self._entries)]
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """One map per known module: what it declares, its state, and its error when it failed."""
+        out = []
+        for name in sorted(self._entries):
+            e = self._entries[name]
+            cls = self._resolve_quietly(e)
+            item: dict[str, Any] = {
+                "name": name,
+                "description": cls.description if cls else "",
+                "state": str(e.state),
+                "depends": list(cls.depends) if cls else [],
+                "conflicts": list(cls.conflicts) if cls else [],
+                "slot": cls.slot if cls else None,
+                "provides": list(cls.provides) if cls else [],
+                "memory_estimate": self._estimate(e, cls),
+                "error": e.error or e.import_error,
+            }
+            if e.instance is not None and e.state is ModuleState.ACTIVE:
+                try:
+                    item["info"] = e.instance.info()
+                except Exception as exc:
+                    log.exception("info() of module %s failed", name)
+                    item["info"] = {"error": f"{type(exc).__name__}: {exc}"}
+            out.append(item)
+        return out
+
+    def _estimate(self, e: _Entry, cls: type[Module] | None) -> int | None:
+        """The loaded instance's estimate, or a throwaway instance's (constructing a module is cheap by contract)."""
+        if e.instance is not None:
+            return self._safe_estimate(e.instance)
+        if cls is None:
+            return None
+        try:
+            return self._safe_estimate(cls(self._ctx_factory(e.name)))
+        except Exception:
+            log.exception("constructing module %s for its estimate failed", e.name)
+            return None
+
+    @staticmethod
+    def _safe_estimate(module: Module) -> int | None:
+        try:
+            return int(module.memory_estimate())
+        except Exception:
+            log.exception("memory_estimate() of module %s failed", module.name)
+            return None
+
+    # -- load ---------------------------------------------------------------------------------------------
+    async def load(self, name: str, *, persist: bool = True) -> builtins.list[str]:
+        """Load ``name`` (and, first, any dependency that is not yet active); returns the modules it loaded.
+
+        ``persist`` records the user's wish so the module comes back after a restart.
+        """
+        loaded: builtins.list[str] = []
+        await self._load(name, (), loaded)
+        if persist:
+            await self._store.set_wish(name, True)
+        return loaded
+
+    async def _load(self, name: str, chain: tuple[str, ...], loaded: builtins.list[str]) -> None:
+        if name in chain:
+            raise Conflict(f"dependency cycle: {' -> '.join((*chain, name))}")
+        e = self._entry(name)
+        async with e.lock:
+            if e.state is ModuleState.ACTIVE:
+                return
+            cls = self._resolve(e)
+            self._check_conflicts(e, cls)
+            for dep in cls.depends:
+                if dep not in self._entries:
+                    raise NotFound(
+                        f"module {name!r} depends on {dep!r}, which is not available (known: {', '.join(self.names())})"
+                    )
+                if self._entries[dep].state is not ModuleState.ACTIVE:
+                    try:
+                        await self._load(dep, (*chain, name), loaded)
+                    except BusError as exc:
+                        msg = f"cannot load {name!r}: its dependency {dep!r}: {exc.message}"
+                        raise type(exc)(msg, exc.details) from exc
+            # Checked again: the awaits above may have let a conflicting module in.
+            self._check_conflicts(e, cls)
+            ctx = self._ctx_factory(name)
+            try:
+                module = cls(ctx)
+            except Exception as exc:
+                raise Unavailable(f"module {name!r} cannot be set up: {type(exc).__name__}: {exc}") from exc
+            self._check_memory(name, module)
+            e.instance, e.ctx, e.error = module, ctx, None
+            self._set(e, ModuleState.LOADING)
+            try:
+                await module.load()
+                self._set(e, ModuleState.LOADED)
+                missing = [m for m in cls.provides if self._hub.route(m) is None]
+                if missing:
+                    raise Unavailable(f"module {name!r} declares {', '.join(missing)} but did not register it")
+            except asyncio.CancelledError:
+                await self._fail(e, "load cancelled")
+                raise
+            except Exception as exc:
+                message = exc.message if isinstance(exc, BusError) else f"{type(exc).__name__}: {exc}"
+                log.error("module %s failed to load: %s", name, message, exc_info=not isinstance(exc, BusError))
+                await self._fail(e, message)
+                cause = str(exc.code) if isinstance(exc, BusError) else type(exc).__name__
+                raise Unavailable(f"module {name!r} failed to load: {message}", {"cause": cause}) from exc
+            self._set(e, ModuleState.ACTIVE)
+            loaded.append(name)
+            log.info("module %s active", name)
+
+    def _check_conflicts(self, e: _Entry, cls: type[Module]) -> None:
+        for other in self._entries.values():
+            if other is e or other.state not in _ON or other.cls is None:
+                continue
+            if other.name in cls.conflicts or e.name in other.cls.conflicts:
+                raise Conflict(
+                    f"module {e.name!r} conflicts with loaded module {other.name!r}; unload {other.name!r} first",
+                    {"blocking": other.name},
+                )
+            if cls.slot is not None and cls.slot == other.cls.slot:
+                raise Conflict(
+                    f"module {e.name!r} and loaded module {other.name!r} both fill slot {cls.slot!r}; "
+                    f"unload {other.name!r} first",
+                    {"blocking": other.name, "slot": cls.slot},
+                )
+
+    def _check_memory(self, name: str, module: Module) -> None:
+        needed = self._safe_estimate(module) or 0
+        if needed <= 0:
+            return
+        available = self._mem_available()
+        if available is not None and needed > available:
+            raise Unavailable(
+                f"module {name!r} needs about {human_bytes(needed)} of memory but only {human_bytes(available)} "
+                "is available",
+                {"needed": needed, "available": available},
+            )
+
+    async def _fail(self, e: _Entry, message: str) -> None:
+        if e.ctx is not None:
+            e.ctx.undo_all()
+        if e.instance is not None:
+            try:
+                await e.instance.unload()
+            except Exception:
+                log.exception("unload() after a failed load of %s raised", e.name)
+        e.instance = e.ctx = None
+        e.error = message
+        self._set(e, ModuleState.FAILED)
+
+    # -- unload -------------------------------------------------------------------------------------------
+    async def unload(self, name: str, *, persist: bool = True) -> None:
+        """Unload ``name``; refuses while loaded modules depend on it. ``persist`` keeps it off after restarts."""
+        e = self._entry(name)
+        async with e.lock:
+            if e.state in _ON:
+                dependents = self._dependents(name)
+                if dependents:
+                    raise Conflict(
+                        f"cannot unload {name!r}: loaded modules depend on it: {', '.join(dependents)}; "
+                        "unload them first",
+                        {"dependents": dependents},
+                    )
+                await self._unload(e)
+            elif e.state is ModuleState.FAILED:
+                e.error = None
+                self._set(e, ModuleState.UNLOADED)
+        if persist:
+            await self._store.set_wish(name, False)
+
+    def _dependents(self, name: str) -> builtins.list[str]:
+        return sorted(
+            o.name for o in self._entries.values() if o.state in _ON and o.cls is not None and name in o.cls.depends
+        )
+
+    async def _unload(self, e: _Entry) -> None:
+        self._set(e, ModuleState.UNLOADING)
+        error = None
+        try:
+            if e.instance is not None:
+                await e.instance.unload()
+        except Exception as exc:
+            error = f"unload failed: {type(exc).__name__}: {exc}"
+            log.exception("module %s failed to unload", e.name)
+        finally:
+            if e.ctx is not None:
+                e.ctx.undo_all()
+            e.instance = e.ctx = None
+        e.error = error
+        self._set(e, ModuleState.FAILED if error else ModuleState.UNLOADED)
+        log.info("module %s %s", e.name, "failed to unload" if error else "unloaded")
+
+    # -- start and stop -----------------------------------------------------------------------------------
+    async def restore(self, autoload: Iterable[str] = ()) -> None:
+        """Load what should be on at start: the autoload list minus what the user switched off, plus what the
+        user loaded last time. Failures are logged and leave the module FAILED; the daemon starts anyway."""
+        wishes = await self._store.wishes()
+        wanted = [n for n in autoload if wishes.get(n, True)]
+        wanted += [n for n, on in wishes.items() if on and n not in wanted]
+        for name in wanted:
+            if name not in self._entries:
+                log.warning("not loading %s: no such module in this enigmad", name)
+                continue
+            try:
+                await self.load(name, persist=False)
+            except BusError as exc:
+                log.error("could not load %s at start: %s", name, exc.message)
+
+    async def shutdown(self) -> None:
+        """Unload every loaded module, dependents before their dependencies; wishes are left untouched."""
+        while True:
+            on = [e for e in self._entries.values() if e.state in _ON]
+            if not on:
+                return
+            leaves = [e for e in on if not self._dependents(e.name)] or on
+            for e in leaves:
+                async with e.lock:
+                    if e.state in _ON:
+                        await self._unload(e)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _entry(self, name: str) -> _Entry:
+        e = self._entries.get(name)
+        if e is None:
+            raise NotFound(f"no module named {name!r} (known: {', '.join(self.names())})")
+        return e
+
+    def _resolve(self, e: _Entry) -> type[Module]:
+        cls = self._resolve_quietly(e)
+        if cls is None:
+            raise Unavailable(f"module {e.name!r} cannot be imported: {e.import_error}")
+        return cls
+
+    def _resolve_quietly(self, e: _Entry) -> type[Module] | None:
+        """Import the module's class once; heavy dependencies stay behind its ``load()``."""
+        if e.cls is None and e.import_error is None:
+            mod_name, _, cls_name = e.spec.partition(":")
+            try:
+                cls = getattr(importlib.import_module(mod_name), cls_name)
+            except Exception as exc:
+                e.import_error = f"{type(exc).__name__}: {exc}"
+                log.error("cannot import module %s from %s: %s", e.name, e.spec, e.import_error)
+                return None
+            if not (isinstance(cls, type) and issubclass(cls, Module)) or getattr(cls, "name", None) != e.name:
+                e.import_error = f"{e.spec} is not a Module subclass named {e.name!r}"
+                return None
+            e.cls = cls
+        return e.cls
+
+    def _set(self, e: _Entry, state: ModuleState) -> None:
+        e.state = state
+        body: dict[str, Any] = {"name": e.name, "state": str(state)}
+        if state is ModuleState.FAILED and e.error:
+            body["error"] = e.error
+        self._hub.publish(MODULE_STATE, body)

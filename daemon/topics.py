@@ -1,0 +1,27 @@
+"""The event topics the daemon core publishes, with the shape of their bodies, in one place.
+
+Modules keep their own topic constants beside their code (``system.stats`` in ``daemon.modules.system``).
+"""
+
+from __future__ import annotations
+
+from typing import Final, NotRequired, TypedDict
+
+# A module changed state: {"name": "echo", "state": "active"} — "error" is present when state is "failed".
+MODULE_STATE: Final = "module.state"
+
+
+class ModuleStateBody(TypedDict):
+    name: str
+    state: str
+    error: NotRequired[str]
+
+
+# The daemon is up / going down: {"node_id", "boot_id", "version"} and {"node_id", "boot_id", "reason"}.
+SYS_STARTED: Final = "sys.started"
+SYS_STOPPING: Final = "sys.stopping"
+# The config was reloaded (SIGHUP): {"changed": [dotted keys]}, or {"changed": [], "error"} when it was refused.
+SYS_RELOADED: Final = "sys.reloaded"
+
+# Prefixes only the daemon itself may publish on; ``bus.publish`` refuses them with ``forbidden``.
+RESERVED_PREFIXES: Final[tuple[str, ...]] = ("sys.", "module.")

@@ -1,0 +1,178 @@
+"""Shared fixtures: a real ``enigmad`` subprocess on free loopback ports with its own data dir.
+
+``daemon_factory(*flags, env=…, data_dir=…, config=…)`` starts one (several per test are fine: same
+``data_dir`` twice gives a restart); ``daemon`` is one started with defaults. Each yields a ``DaemonProcess``
+with ``.rpc``, ``.events`` (the real endpoints from the ready line), ``.proc``, ``.data_dir``, ``.log_path``,
+``.config_path``, ``.log()``, ``.send_signal()``, ``.stop()``. Everything started is stopped at teardown
+(SIGTERM, then SIGKILL after a timeout). ``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"^enigmad ready rpc=(\S+) events=(\S+)$")
+START_TIMEOUT = 30.0
+
+
+class DaemonProcess:
+    """One running enigmad started by the fixture."""
+
+    def __init__(self, proc: subprocess.Popen[str], data_dir: Path, log_path: Path) -> None:
+        self.proc = proc
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.rpc = ""
+        self.events = ""
+        self.config_path: Path | None = None
+        self.stdout_lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.stdout_lines.append(line)
+            m = READY.match(line)
+            if m and not self._ready.is_set():
+                self.rpc, self.events = m.group(1), m.group(2)
+                self._ready.set()
+        self._ready.set()  # stdout closed: the process is gone; wait_ready() reports why
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> DaemonProcess:
+        if not self._ready.wait(timeout) or not self.rpc:
+            self.kill()
+            raise RuntimeError(f"enigmad did not become ready (exit code {self.proc.poll()}):\n{self.log()}")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "enigma.db"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send ``sig`` and wait for the exit code (SIGKILL and fail if it does not exit in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGABRT)  # -X faulthandler: every thread's stack goes to the log
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(5)
+                self.kill()
+                raise AssertionError(f"enigmad did not exit within {timeout}s of {sig!r}:\n{self.log()}") from None
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def clean_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a daemon under test: no ENIGMA_* or XDG settings leak in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENIGMA_", "XDG_", "NOTIFY_SOCKET"))}
+    env["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
+    env["XDG_DATA_HOME"] = str(tmp / "xdg-data")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+StartDaemon = Callable[..., DaemonProcess]
+
+
+class DaemonLauncher:
+    """Starts daemons whose files live under ``base``, and stops them all; for fixtures of any scope."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.started: list[DaemonProcess] = []
+        self._counter = iter(range(1_000_000))
+
+    def start(
+        self,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        config: str | None = None,
+        wait: bool = True,
+        loopback_ports: bool = True,
+        ready_timeout: float = START_TIMEOUT,
+    ) -> DaemonProcess:
+        """Start enigmad with ``flags``; ``config`` is TOML text written to a file passed with ``--config``
+        (``.config_path``). ``data_dir`` defaults to ``<base>/data``, so a second start is a restart."""
+        n = next(self._counter)
+        data_dir = data_dir or self.base / "data"
+        args = [sys.executable, "-X", "faulthandler", "-m", "daemon", "--data-dir", str(data_dir)]
+        if loopback_ports:
+            args += ["--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0"]
+        config_path = None
+        if config is not None:
+            config_path = self.base / f"enigmad-{n}.toml"
+            config_path.write_text(config)
+            args += ["--config", str(config_path)]
+        args += list(flags)
+        log_path = self.base / f"enigmad-{n}.log"
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=clean_env(self.base, env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+            )
+        d = DaemonProcess(proc, data_dir, log_path)
+        d.config_path = config_path
+        self.started.append(d)
+        return d.wait_ready(ready_timeout) if wait else d
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for d in self.started:
+            if d.proc.poll() is None:
+                try:
+                    d.stop(timeout=timeout)
+                except AssertionError:
+                    d.kill()
+            if d.proc.stdout is not None:
+                d.proc.stdout.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[StartDaemon]:
+    """``start(*flags, env=, data_dir=, config=, wait=, loopback_ports=, ready_timeout=)`` → ``DaemonProcess``."""
+    launcher = DaemonLauncher(tmp_path)
+    yield launcher.start
+    launcher.stop_all()
+
+
+@pytest.fixture
+def daemon(daemon_factory: StartDaemon) -> DaemonProcess:
+    """One enigmad with default config on free loopback ports."""
+    return daemon_factory()

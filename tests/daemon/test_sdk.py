@@ -1,0 +1,84 @@
+"""The daemon through the SDK every client uses: calls, typed errors, events, streams and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from clients.sdk import Cancelled, Client, NotFound, Subscription
+from tests.conftest import DaemonProcess
+
+
+@pytest.fixture
+async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
+    async with Client(daemon.rpc, daemon.events, timeout=10.0) as c:
+        yield c
+
+
+async def live(client: Client, sub: Subscription) -> None:
+    """Publish probes until one arrives: from then on the subscription sees every event."""
+    async with asyncio.timeout(10):
+        while True:
+            await client.call("bus.publish", {"topic": "test.probe", "body": {}})
+            try:
+                async with asyncio.timeout(0.2):
+                    async for ev in sub:
+                        if ev.topic == "test.probe":
+                            return
+            except TimeoutError:
+                continue
+
+
+async def test_sdk_call_returns_the_reply_body(daemon: DaemonProcess, client: Client) -> None:
+    body = await client.call("sys.ping")
+    assert body["pong"] is True
+    assert (await client.call("sys.status"))["endpoints"]["rpc"] == daemon.rpc
+
+
+async def test_sdk_raises_the_typed_error_of_the_handler(client: Client) -> None:
+    with pytest.raises(NotFound, match=r"no module named 'nope'"):
+        await client.call("module.load", {"name": "nope"})
+    with pytest.raises(NotFound, match=r"no module named .ghost."):
+        await client.call("module.unload", {"name": "ghost"})
+
+
+async def test_sdk_subscriber_sees_every_module_state_of_a_load(client: Client) -> None:
+    async with client.subscribe("") as sub:
+        await live(client, sub)
+        await client.call("module.load", {"name": "echo"})
+        states = []
+        async with asyncio.timeout(10):
+            async for ev in sub:
+                if ev.topic == "module.state":
+                    states.append(ev.body["state"])
+                    if ev.body["state"] == "active":
+                        break
+    assert states == ["loading", "loaded", "active"]
+
+
+async def test_sdk_stream_yields_chunks_and_the_end_body(client: Client) -> None:
+    await client.call("module.load", {"name": "echo"})
+    async with client.stream("echo.count", {"n": 4}) as s:
+        chunks = [c["i"] async for c in s]
+    assert chunks == [0, 1, 2, 3]
+    assert s.result == {"count": 4}
+
+
+async def test_sdk_cancel_ends_a_stream_with_cancelled(client: Client) -> None:
+    await client.call("module.load", {"name": "echo"})
+    seen = 0
+
+    async def read_and_cancel_after_two() -> None:
+        nonlocal seen
+        async with client.stream("echo.count", {"n": 10_000, "delay": 0.01}) as s:
+            async for _ in s:
+                seen += 1
+                if seen == 2:
+                    await s.cancel()
+
+    with pytest.raises(Cancelled):
+        await read_and_cancel_after_two()
+    assert seen < 10_000
+    assert (await client.call("sys.ping"))["pong"] is True

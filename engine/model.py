@@ -134,9 +134,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in fp32 for stability whatever the activation dtype (as the reference does).
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # One call instead of five: at 135M parameters the per-op overhead, not the FLOPs, sets the pace.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -174,6 +173,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -
         extrap = 1 - ramp.clamp(0, 1)
         inv = (inv / factor) * (1 - extrap) + inv * extrap
         mscale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    elif kind == "freq_factors":
+        # Per-frequency divisors as GGUF files store them (llama.cpp's rope_freqs.weight, e.g. Llama 3.1).
+        inv = inv / torch.tensor(scaling["factors"], dtype=torch.float64)
     elif kind == "dynamic":
         # Dynamic NTK: stretch theta for the configured factor (static here; the cache length is fixed).
         theta = theta * factor ** (head_dim / (head_dim - 2))
@@ -192,11 +194,22 @@ def precompute_rope(head_dim: int, max_seq: int, theta: float, scaling: dict[str
     return torch.stack([emb.cos() * mscale, emb.sin() * mscale], dim=1)
 
 
-def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: (B, H, T, hd); cos/sin: (B, 1, T, hd)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def rope_for(table: Tensor, input_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sign-folded sin (B, T, 1, hd) at ``input_pos`` (B, T) from a ``precompute_rope`` table.
+
+    The first half of sin is negated once here, so that ``rotate_half(x) * sin`` becomes ``roll(x) * sin'``:
+    the same arithmetic with fewer ops per layer.
+    """
+    rope = table[input_pos]  # (B, T, 2, hd)
+    cos = rope[:, :, 0].unsqueeze(2).to(dtype)
+    sin = rope[:, :, 1].unsqueeze(2)
+    half = sin.shape[-1] // 2
+    return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).to(dtype)
+
+
+def apply_rotary_emb(x: Tensor, cos: Tensor, sin_folded: Tensor) -> Tensor:
+    """Rotate-half RoPE: x (B, T, H, hd); cos/sin_folded (B, T, 1, hd) from ``rope_for``."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_folded
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,17 +247,24 @@ class Attention(nn.Module):
         self.wk = nn.Linear(c.dim, c.kv_heads * c.hd, bias=c.attn_bias)
         self.wv = nn.Linear(c.dim, c.kv_heads * c.hd, bias=c.attn_bias)
         self.wo = nn.Linear(c.n_heads * c.hd, c.dim, bias=False)
+        # Inference may join wq/wk/wv into one projection (engine.quant.fuse_projections): one matmul per layer.
+        self.wqkv: nn.Module | None = None
         self.cache: KVCache | None = None
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, slot: int, length: int
     ) -> Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = apply_rotary_emb(q, cos, sin)
-        k = apply_rotary_emb(k, cos, sin)
+        h, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.wqkv is not None:
+            qkv = self.wqkv(x).view(b, t, h + 2 * hkv, hd)
+            q, k = apply_rotary_emb(qkv[:, :, : h + hkv], cos, sin).split((h, hkv), dim=2)  # one RoPE for q and k
+            v = qkv[:, :, h + hkv :]
+        else:
+            q = apply_rotary_emb(self.wq(x).view(b, t, h, hd), cos, sin)  # (B, T, H, hd)
+            k = apply_rotary_emb(self.wk(x).view(b, t, hkv, hd), cos, sin)  # (B, T, Hkv, hd)
+            v = self.wv(x).view(b, t, hkv, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, hd)
         if self.cache is not None:
             k, v = self.cache.update(slot, input_pos, k, v, length)  # (B, Hkv, L, hd)
         if mask is None:
@@ -261,8 +281,12 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(c.dim, c.ffn_dim, bias=c.mlp_bias)  # gate
         self.w3 = nn.Linear(c.dim, c.ffn_dim, bias=c.mlp_bias)  # up
         self.w2 = nn.Linear(c.ffn_dim, c.dim, bias=c.mlp_bias)  # down
+        self.w13: nn.Module | None = None  # w1 and w3 joined for inference (engine.quant.fuse_projections)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.w13 is not None:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -355,14 +379,14 @@ class Transformer(nn.Module):
             length = t
             if t > self.config.max_seq_len:
                 raise ValueError(f"{t} tokens exceed the context length {self.config.max_seq_len}")
-        rope = self.rope[input_pos]  # (B, T, 2, hd)
-        cos = rope[:, :, 0].unsqueeze(1).to(self.tok_embeddings.weight.dtype)  # (B, 1, T, hd)
-        sin = rope[:, :, 1].unsqueeze(1).to(self.tok_embeddings.weight.dtype)
+        cos, sin = rope_for(self.rope, input_pos, self.tok_embeddings.weight.dtype)  # (B, T, 1, hd) each
         mask: Tensor | None = None
-        if cached:
-            # Key j is visible to the query at position p iff j <= p: per-row lengths for free.
+        if cached and (b > 1 or t > 1):  # one row decoding one token sees all its `length` keys: no mask
+            # Key j is visible to the query at position p iff j <= p: per-row lengths for free. Additive, built
+            # once here: SDPA would otherwise convert a boolean mask in every layer.
             keys = torch.arange(length, device=tokens.device)
-            mask = keys[None, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, L)
+            visible = keys[None, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, L)
+            mask = torch.zeros(visible.shape, dtype=cos.dtype).masked_fill_(~visible, float("-inf"))
         x = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos, slot, length)

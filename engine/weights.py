@@ -1,0 +1,66 @@
+"""From a state dict in our parameter names to a ready ``Transformer`` — shared by every loader.
+
+Each format loader (GGUF, Hugging Face, native checkpoint) only maps names and reads tensors; this module is
+the one place that converts dtypes, checks that every weight is present with the right shape, and builds the
+model without first filling it with random numbers (which for a 7B model would cost more than loading).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from engine.errors import MissingTensor, UnsupportedModel
+from engine.model import ModelConfig, Transformer, precompute_rope
+
+if TYPE_CHECKING:
+    from engine.tokenizer import Tokenizer
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass
+class ModelParts:
+    """What a format loader hands back: config, weights in our names, tokenizer and provenance metadata."""
+
+    config: ModelConfig
+    state: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def to_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The one dtype conversion of the loaders: norms and biases stay exact enough in any float type."""
+    if dtype not in FLOAT_DTYPES:
+        raise UnsupportedModel(f"cannot load weights as {dtype}; choose one of float32, bfloat16, float16")
+    return t.to(dtype).contiguous()
+
+
+def build_transformer(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> Transformer:
+    """A ``Transformer`` holding ``state`` (our names) in ``dtype``; raises ``MissingTensor`` naming what is absent."""
+    if dtype not in FLOAT_DTYPES:
+        raise UnsupportedModel(f"cannot load weights as {dtype}; choose one of float32, bfloat16, float16")
+    with torch.device("meta"):
+        model = Transformer(config)
+    want = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
+    if config.tie_embeddings:
+        want.pop("output.weight", None)
+    missing = sorted(set(want) - set(state))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise MissingTensor(f"the model file lacks {len(missing)} weight(s): {shown}", {"missing": missing})
+    for name, shape in want.items():
+        if tuple(state[name].shape) != shape:
+            raise MissingTensor(
+                f"weight {name} has shape {tuple(state[name].shape)}, the config needs {shape}",
+                {"tensor": name, "shape": list(state[name].shape), "expected": list(shape)},
+            )
+    for name in want:
+        module_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, torch.nn.Parameter(to_dtype(state[name], dtype)))
+    if config.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.rope = precompute_rope(config.hd, config.max_seq_len, config.rope_theta, config.rope_scaling)
+    return model.eval()

@@ -9,4 +9,6 @@ from __future__ import annotations
 REGISTRY: dict[str, str] = {
     "echo": "daemon.modules.echo:EchoModule",
     "system": "daemon.modules.system:SystemModule",
+    "mqtt": "daemon.modules.mqtt:MqttModule",
+    "robots": "daemon.modules.robots:RobotsModule",
 }

@@ -1,0 +1,383 @@
+"""Continuous batching: many generations share each decode step of one model on one worker thread.
+
+Requests join and leave between steps. A new request is prefilled into the free cache row after the active
+ones, one chunk per step, so a long prompt delays the others' next token by one chunk, not by the whole prompt.
+Then every active row advances in one batched forward call, each sampled with its own settings and RNG. A
+finished or cancelled row leaves and the last row is moved into its place (``Transformer.move_slot``), so the
+active rows are always ``[0, n)`` and the decode call never carries holes.
+
+Results travel to the consumer through the request's handle: a blocking iterator for threads, or an
+``asyncio.Queue`` fed with ``loop.call_soon_threadsafe`` so an event loop never blocks on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from engine.errors import EngineError
+from engine.generate import DEFAULT_PREFILL_CHUNK, Decoding, TokenizerLike, Usage, check_prompt, prefill_chunk
+from engine.model import Transformer
+from engine.sampling import BatchSettings, SamplingParams, sample_batch
+
+log = logging.getLogger(__name__)
+
+Event = str | Usage
+
+
+class Busy(EngineError):
+    """The waiting queue is full: the caller should retry later."""
+
+    code = "busy"
+
+
+class SchedulerStopped(EngineError):
+    code = "unavailable"
+
+
+class GenerationFailed(EngineError):
+    """The model raised during a step; every request in that step ends with this error."""
+
+    code = "internal"
+
+
+class RequestHandle:
+    """The consumer's end of one request: events are text deltas (``str``), then one final ``Usage``.
+
+    Consume either with the blocking iterator (any thread) or, from asyncio, with ``async for`` / ``attach``;
+    not both. Each request yields at most ``max_tokens + 1`` events, which bounds the handle's queues.
+    """
+
+    def __init__(self, rid: int, state: Decoding) -> None:
+        self.id = rid
+        self.state = state
+        self.usage: Usage | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._cancel = threading.Event()
+        self._sync: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aq: asyncio.Queue[Event | BaseException] | None = None
+
+    # -- consumer side ------------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the worker to end this request at its next step (the stream then ends with ``cancelled``)."""
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            ev = self._sync.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if isinstance(ev, Usage):
+                return
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[Event | BaseException]:
+        """Route events to an ``asyncio.Queue`` of ``loop`` (call this from the loop's thread). Events already
+        produced are moved over first, so nothing is lost or reordered."""
+        with self._lock:
+            if self._aq is None:
+                self._aq = asyncio.Queue()
+                while True:
+                    try:
+                        self._aq.put_nowait(self._sync.get_nowait())
+                    except queue.Empty:
+                        break
+                self._loop = loop
+            return self._aq
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        aq = self.attach(asyncio.get_running_loop())
+        while True:
+            ev = await aq.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if isinstance(ev, Usage):
+                return
+
+    def collect(self, timeout: float | None = None) -> tuple[str, Usage]:
+        """Block until the request ends; its whole text and usage (raises its error, or TimeoutError)."""
+        parts: list[str] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ev = self._sync.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"request {self.id} not finished after {timeout}s") from None
+            if isinstance(ev, BaseException):
+                raise ev
+            if isinstance(ev, Usage):
+                return "".join(parts), ev
+            parts.append(ev)
+
+    # -- worker side --------------------------------------------------------------------------------------------
+    def _emit(self, ev: Event | BaseException) -> None:
+        if isinstance(ev, Usage):
+            self.usage = ev
+        elif isinstance(ev, BaseException):
+            self.error = ev
+        with self._lock:
+            if self._loop is not None and self._aq is not None:
+                # RuntimeError: the consumer's loop is closed, nobody is listening any more.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._aq.put_nowait, ev)
+            else:
+                self._sync.put(ev)
+        if isinstance(ev, Usage | BaseException):
+            self.done.set()
+
+
+@dataclass
+class _Row:
+    handle: RequestHandle
+    prefilled: int = 0  # prompt tokens already in the cache
+
+    @property
+    def state(self) -> Decoding:
+        return self.handle.state
+
+    @property
+    def cached(self) -> int:
+        """Positions of this row that hold keys/values (what a move must copy)."""
+        return self.state.position if self.state.completion else self.prefilled
+
+
+class Scheduler:
+    """Runs one model for many concurrent requests on its own worker thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: TokenizerLike,
+        max_batch: int = 8,
+        *,
+        max_queue: int = 64,
+        max_seq: int | None = None,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    ) -> None:
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise ValueError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        info = model.cache_info
+        want_seq = min(max_seq or model.config.max_seq_len, model.config.max_seq_len)
+        if info.max_batch < max_batch or info.max_seq != want_seq:
+            model.setup_cache(max_batch, want_seq)
+        self._ids = itertools.count(1)
+        self._cv = threading.Condition()
+        self._waiting: deque[RequestHandle] = deque()
+        self._rows: list[_Row] = []  # rows[i] lives in cache row i: decoding rows first, then one prefilling row
+        self._n_dec = 0
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._settings_key: tuple[int, ...] = ()
+        self._settings: BatchSettings | None = None
+        self._stats = {"completed": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0, "prefill_tokens": 0}
+        self._steps = 0
+        self._batch_sum = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> Scheduler:
+        with self._cv:
+            if self._running:
+                return self
+            self._running = True
+        self._thread = threading.Thread(target=self._run, name="engine-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker: requests still queued or running end as ``cancelled``."""
+        with self._cv:
+            self._running = False
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- requests -----------------------------------------------------------------------------------------------
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
+        """Queue a request; raises ``ContextOverflow``/``InvalidPrompt`` (bad input), ``Busy`` (queue full) or
+        ``SchedulerStopped``."""
+        if not self._running:
+            raise SchedulerStopped("the generation scheduler is not running")
+        check_prompt(self.model, prompt_ids, params.max_tokens)
+        state = Decoding(self.tokenizer, prompt_ids, params, self.model.config.vocab_size)
+        with self._cv:
+            if not self._running:
+                raise SchedulerStopped("the generation scheduler is not running")
+            if len(self._waiting) >= self.max_queue:
+                raise Busy(f"the generation queue is full ({self.max_queue} waiting); try again later")
+            handle = RequestHandle(next(self._ids), state)
+            self._waiting.append(handle)
+            self._cv.notify()
+        return handle
+
+    def stats(self) -> dict[str, Any]:
+        with self._cv:
+            return {
+                "active": len(self._rows),
+                "queued": len(self._waiting),
+                **self._stats,
+                "steps": self._steps,
+                "avg_batch": self._batch_sum / self._steps if self._steps else 0.0,
+                "max_batch": self.max_batch,
+            }
+
+    # -- worker -------------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while self._running and not self._waiting and not self._rows:
+                        self._cv.wait()
+                    if not self._running:
+                        break
+                    self._admit()
+                try:
+                    self._step()
+                except Exception as exc:  # a failing step must not kill the worker: fail its requests instead
+                    log.exception("generation step failed")
+                    err = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
+                    for row in self._rows:
+                        row.handle._emit(err)
+                        self._stats["failed"] += 1
+                    self._rows.clear()
+                    self._n_dec = 0
+            self._shutdown()
+
+    def _admit(self) -> None:
+        """(Lock held.) Drop cancelled waiters; start prefilling the next request if a row is free."""
+        for h in [h for h in self._waiting if h.cancel_requested]:
+            self._waiting.remove(h)
+            self._finish(h, h.state.cancel())
+        prefilling = len(self._rows) > self._n_dec
+        if not prefilling and self._waiting and len(self._rows) < self.max_batch:
+            handle = self._waiting.popleft()
+            handle.state.t_prefill_start = time.perf_counter()
+            self._rows.append(_Row(handle))
+
+    def _step(self) -> None:
+        for i in reversed(range(len(self._rows))):
+            if self._rows[i].handle.cancel_requested:
+                self._finish(self._rows[i].handle, self._rows[i].state.cancel())
+                self._remove(i)
+        if len(self._rows) > self._n_dec:
+            self._prefill_step(self._n_dec)
+        if self._n_dec:
+            self._decode_step()
+
+    def _prefill_step(self, i: int) -> None:
+        row = self._rows[i]
+        ids = row.state.prompt_ids
+        chunk = ids[row.prefilled : row.prefilled + self.prefill_chunk]
+        logits = prefill_chunk(self.model, chunk, row.prefilled, slot=i)
+        row.prefilled += len(chunk)
+        self._stats["prefill_tokens"] += len(chunk)
+        if row.prefilled < len(ids):
+            return
+        self._n_dec += 1  # the row sits right after the decoding ones: it simply joins them
+        self._stats["tokens_generated"] += 1
+        self._deliver(i, row.state.sample(logits))
+
+    def _decode_step(self) -> None:
+        rows = self._rows[: self._n_dec]
+        n = len(rows)
+        tokens = torch.tensor([[r.state.last_token] for r in rows], dtype=torch.long)
+        pos = torch.tensor([[r.state.position] for r in rows], dtype=torch.long)
+        logits = self.model(tokens, pos, slot=0, last_only=True)[:, -1]  # (n, V)
+        key = tuple(r.handle.id for r in rows)
+        if key != self._settings_key or self._settings is None:
+            self._settings_key, self._settings = key, BatchSettings.of([r.state.params for r in rows])
+        counts = seen = None
+        if self._settings.any_penalty:
+            counts, seen = self._penalty_tables(rows, logits.shape[-1])
+        nxt = sample_batch(logits, self._settings, [r.state.generator for r in rows], counts, seen).tolist()
+        self._steps += 1
+        self._batch_sum += n
+        self._stats["tokens_generated"] += n
+        for i in reversed(range(n)):
+            self._deliver(i, nxt[i])
+
+    @staticmethod
+    def _penalty_tables(rows: list[_Row], vocab: int) -> tuple[Tensor, Tensor]:
+        counts = torch.zeros(len(rows), vocab)
+        seen = torch.zeros(len(rows), vocab, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            if r.state.counts is not None and r.state.seen is not None:
+                counts[i] = r.state.counts
+                seen[i] = r.state.seen
+        return counts, seen
+
+    def _deliver(self, i: int, token: int) -> None:
+        """Hand a sampled token to row ``i``'s request; a finished request leaves its row."""
+        row = self._rows[i]
+        text = row.state.accept(token)
+        if text:
+            row.handle._emit(text)
+        if row.state.done:
+            self._finish(row.handle, "")
+            self._remove(i)
+
+    def _finish(self, handle: RequestHandle, text: str) -> None:
+        if text:
+            handle._emit(text)
+        usage = handle.state.usage()
+        self._stats["cancelled" if usage.finish_reason == "cancelled" else "completed"] += 1
+        handle._emit(usage)
+
+    def _remove(self, i: int) -> None:
+        """Free row ``i`` keeping rows contiguous: the last decoding row moves into the hole, and the
+        prefilling row (if any) moves down behind it."""
+        last = self._n_dec - 1
+        if i > last:  # the prefilling row, always the last one
+            self._rows.pop(i)
+            return
+        if i != last:
+            self.model.move_slot(last, i, self._rows[last].cached)
+            self._rows[i] = self._rows[last]
+        if len(self._rows) > self._n_dec:
+            self.model.move_slot(self._n_dec, last, self._rows[self._n_dec].cached)
+            self._rows[last] = self._rows[self._n_dec]
+        self._rows.pop()
+        self._n_dec -= 1
+
+    def _shutdown(self) -> None:
+        with self._cv:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for h in waiting:
+            self._finish(h, h.state.cancel())
+        for row in self._rows:
+            self._finish(row.handle, row.state.cancel())
+        self._rows.clear()
+        self._n_dec = 0

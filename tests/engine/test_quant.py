@@ -1,0 +1,171 @@
+"""Weight-only quantization: kernels agree with their dequantized weights, model logits stay close to float,
+GGUF Q4 blocks load exactly, fused projections change nothing."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from engine.generate import generate
+from engine.quant import (
+    AffineInt4,
+    Int4Linear,
+    Int8Linear,
+    UnsupportedQuantization,
+    fuse_projections,
+    logits_error,
+    prepare_for_inference,
+    quantize_model,
+)
+from engine.quant_gguf import q4_blocks, quantize_from_gguf
+from engine.sampling import SamplingParams
+from tests.engine.speed_helpers import byte_tokenizer, tiny_model
+
+torch.manual_seed(0)
+W = torch.randn(96, 128) * 0.05
+X = torch.randn(5, 128)
+
+
+def tiny(**kw):
+    m = tiny_model(max_batch=2, max_seq=128, **kw)
+    m.drop_cache()
+    return m
+
+
+def prompt() -> torch.Tensor:
+    return torch.tensor([byte_tokenizer().encode("The quick brown fox jumps over the lazy dog. hello world")])
+
+
+def test_int8_linear_matches_its_dequantized_weight() -> None:
+    lin = Int8Linear.from_float(W)
+    ref = X @ lin.dequantize().T
+    assert torch.allclose(lin(X), ref, atol=0.02, rtol=0.02)  # bf16 activations
+    step = lin.scales.float()[:, None]
+    assert ((lin.dequantize() - W).abs() <= step / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_linear_matches_its_dequantized_weight(group: int) -> None:
+    q = AffineInt4.from_float(W, group)
+    lin = Int4Linear(q)
+    step = q.scale.max().item()
+    assert (q.dequantize() - W).abs().max() <= step / 2 + 1e-6
+    assert torch.allclose(lin.dequantize(), q.dequantize(), atol=step / 16 + 1e-3)  # only bf16 scale rounding
+    assert torch.allclose(lin(X), X @ q.dequantize().T, atol=0.03, rtol=0.02)
+
+
+def test_smaller_groups_give_smaller_weight_error() -> None:
+    errs = [(AffineInt4.from_float(W, g).dequantize() - W).abs().mean().item() for g in (32, 64, 128)]
+    assert errs[0] < errs[1] < errs[2]
+
+
+def test_quantized_linear_keeps_leading_dims_dtype_and_bias() -> None:
+    bias = torch.randn(96)
+    lin = Int4Linear.from_float(W, 32, bias)
+    x = torch.randn(2, 3, 128)
+    y = lin(x)
+    assert y.shape == (2, 3, 96)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, x @ lin.dequantize().T + bias, atol=0.03, rtol=0.02)
+
+
+def test_fused_projections_give_the_same_logits() -> None:
+    model = tiny()
+    with torch.inference_mode():
+        ref = model(prompt())
+        fuse_projections(model)
+        out = model(prompt())
+    assert model.layers[0].attention.wq is None
+    assert model.layers[0].feed_forward.w13 is not None
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(("mode", "max_abs", "min_cos"), [("int8", 0.05, 0.9999), ("int4", 0.6, 0.99)])
+def test_quantized_model_logits_stay_close_to_float(mode: str, max_abs: float, min_cos: float) -> None:
+    model = tiny()
+    with torch.inference_mode():
+        ref = model(prompt())
+        quantize_model(model, mode, group_size=32)
+        err = logits_error(ref, model(prompt()))
+    print(f"{mode}: {err}")
+    assert err["max_abs"] < max_abs
+    assert err["cosine"] > min_cos
+
+
+def test_quantized_model_generates_through_the_cache() -> None:
+    model, tok = tiny(), byte_tokenizer().with_stop_ids(set())
+    quantize_model(model, "int4")
+    model.setup_cache(1, 128)
+    events = list(generate(model, tok, tok.encode("hello world"), SamplingParams(temperature=0.0, max_tokens=12)))
+    assert events[-1].completion_tokens == 12
+
+
+def test_int4_group_falls_back_to_a_divisor_of_the_width() -> None:
+    model = tiny()  # dim 64: no group of 128 fits
+    quantize_model(model, "int4", group_size=128)
+    assert model.layers[0].attention.wqkv.group_size == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "int3"}, "unknown quantization mode 'int3'"),
+        ({"mode": "int4", "group_size": 48}, "group_size must be one of"),
+        ({"mode": "int4", "head": "fp8"}, "unknown head mode 'fp8'"),
+    ],
+)
+def test_bad_quantization_settings_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(UnsupportedQuantization, match=message) as info:
+        quantize_model(tiny(), **kwargs)
+    assert info.value.code == "bad_request"
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+def test_gguf_q4_blocks_decode_exactly_like_gguf(kind: str) -> None:
+    import gguf
+
+    qt = getattr(gguf.GGMLQuantizationType, kind)
+    raw = gguf.quants.quantize(np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32), qt)
+    ref = gguf.quants.dequantize(raw, qt)
+    assert np.array_equal(q4_blocks(raw, kind).dequantize().numpy(), ref)
+
+
+@pytest.mark.model
+def test_smollm2_gguf_q4_loads_straight_into_int4(smollm2_path) -> None:
+    from engine.loader import load_model
+
+    lm = load_model(smollm2_path, max_seq_len=256)
+    ids = torch.tensor([lm.tokenizer.encode("The capital of France is Paris. The capital of Italy is")])
+    model = copy.deepcopy(lm.model)
+    report = quantize_from_gguf(model, smollm2_path)
+    attn = lm.model.layers[3].attention
+    w = torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight])
+    with torch.inference_mode():
+        err = logits_error(lm.model(ids), model(ids))
+    print(f"gguf Q4_1 → int4: {err}")
+    assert report == {"gguf_q4": 4 * 30, "requantized": 0}
+    # The codes are the file's; only the scale/zero are rounded to bf16 (8 mantissa bits).
+    assert torch.allclose(model.layers[3].attention.wqkv.dequantize(), w, atol=w.abs().max().item() / 256)
+    assert err["cosine"] > 0.995
+    assert err["argmax_agree"] == 1.0
+
+
+def test_prepare_for_inference_float_only_fuses() -> None:
+    model = tiny()
+    assert prepare_for_inference(model, "float") == {"mode": "float"}
+    assert isinstance(model.layers[0].attention.wqkv, torch.nn.Linear)
+
+
+def test_prepare_for_inference_auto_without_gguf_is_int4() -> None:
+    model = tiny()
+    assert prepare_for_inference(model)["mode"] == "int4"
+    assert isinstance(model.layers[0].feed_forward.w13, Int4Linear)
+    assert isinstance(model.output, Int8Linear)
+
+
+def test_prepare_for_inference_rejects_unknown_mode() -> None:
+    with pytest.raises(UnsupportedQuantization, match="unknown inference mode 'fast'"):
+        prepare_for_inference(tiny(), "fast")

@@ -1,0 +1,1 @@
+"""The ``enigma`` command-line client: one module per command group, registered in ``clients.cli.main``."""

@@ -39,18 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="enigmad", description="Enigma daemon: owns the engine, modules and store.")
     _add_common(p, suppress=False)
     p.add_argument("--check-config", action="store_true", help="validate, print the effective config, and exit")
-    sub = p.add_subparsers(dest="command", metavar="{keys}")
+    sub = p.add_subparsers(dest="command", metavar="{keys,restore}")
     keys = sub.add_parser("keys", help="manage the server key pair and the client allow-list")
     _add_common(keys, suppress=True)
     ks = keys.add_subparsers(dest="keys_action", metavar="{show,list,allow,revoke}")
     ks.add_parser("show", help="print the server public key (created on first use)")
     ks.add_parser("list", help="list the allowed client keys")
     a = ks.add_parser("allow", help="admit a client key with a role")
-    a.add_argument("key", help="the client's Z85 public key (40 characters; put -- before a key that starts with -)")
+    a.add_argument("key", help="the client's Z85 public key (40 characters)")
     a.add_argument("--role", required=True, choices=ROLES, help="what the key may call")
     a.add_argument("--name", default="", help="a human name for the key")
     r = ks.add_parser("revoke", help="remove a client key (by key or by name)")
     r.add_argument("key", metavar="KEY_OR_NAME")
+    rs = sub.add_parser("restore", help="restore a backup (enigma backup create) into a stopped daemon's data dir")
+    _add_common(rs, suppress=True)
+    rs.add_argument("file", metavar="FILE", help="the backup archive (.tar.gz)")
     return p
 
 
@@ -59,8 +62,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+def _protect_keys(argv: list[str]) -> list[str]:
+    """A pasted Z85 key may start with ``-``; argparse would take it for an option. Such a token (40 Z85
+    characters, not ``--…``) is moved behind ``--`` at the end, where it can only be the positional key."""
+    keys = [a for a in argv if len(a) == 40 and a.startswith("-") and not a.startswith("--") and set(a) <= _Z85]
+    if not keys or "--" in argv:
+        return argv
+    return [a for a in argv if a not in keys] + ["--", *keys]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_protect_keys(sys.argv[1:] if argv is None else list(argv)))
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -70,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon import keys
 
         return keys.run(config, args)
+    if args.command == "restore":
+        from pathlib import Path
+
+        from daemon.backup import restore_offline
+
+        return restore_offline(config, Path(args.file), sys.stdout, sys.stderr)
     if args.check_config:
         try:
             from daemon.modules import REGISTRY

@@ -104,8 +104,9 @@ class Daemon:
             self.notifier.status("loading modules")
             self.manager = ModuleManager(self.hub, self.store, self.registry, self._context_for)
             self.core = Core(self.hub, self.manager, node_id, self.boot_id, version(), cfg.data_dir)
+            self.core.daemon = self
             register_all(self.hub, self.core)
-            await self.manager.restore(cfg.modules.autoload)
+            await self.manager.restore(cfg.autoload_for(self.registry))
             self.server = ZmqServer(
                 self.hub,
                 rpc=cfg.daemon.rpc,
@@ -291,7 +292,7 @@ class Daemon:
             except Exception as exc:
                 log.error("allow-list reload failed, keeping the old one: %s", exc)
         if self.manager is not None:
-            added = [n for n in new.modules.autoload if n not in old.modules.autoload]
+            added = [n for n in new.autoload_for(self.registry) if n not in old.autoload_for(self.registry)]
             wishes = await self.store.wishes() if self.store is not None else {}
             for name in added:
                 if wishes.get(name, True):

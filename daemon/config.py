@@ -15,6 +15,8 @@ Environment variables:
   Values are converted to the key's type (booleans: 1/0, true/false, yes/no, on/off; lists: comma-separated).
   In free-form ``[modules.<name>]`` sections a value that parses as a TOML literal (``8``, ``true``, ``[1,2]``)
   takes that type, anything else is a string.
+- ``ENIGMA_DEFAULT_AUTOLOAD=a,b`` replaces the built-in default module list (``llm,chat``) without counting as
+  a setting: a configured ``modules.autoload`` still wins. For packagers and test harnesses.
 - Other ``ENIGMA_*`` variables without ``__`` are not config keys (clients use some) and are ignored.
 """
 
@@ -72,9 +74,13 @@ class SecurityConfig:
     allow_file: str = ""  # empty: <data_dir>/allow.json
 
 
+# With no autoload setting at all the daemon serves the default model: "works with no file" means ready to chat.
+DEFAULT_AUTOLOAD = ("llm", "chat")
+
+
 @dataclass
 class ModulesConfig:
-    autoload: list[str] = field(default_factory=list)
+    autoload: list[str] = field(default_factory=lambda: list(DEFAULT_AUTOLOAD))
     # [modules.<name>] tables, free-form, read by the module itself through Config.section().
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -110,13 +116,24 @@ class Config:
         return self.origins.get(key, "(default)")
 
     def check_modules(self, known: set[str] | dict[str, Any]) -> None:
-        """Refuse autoload entries that name no known module (called once the registry is at hand)."""
+        """Refuse autoload entries that name no known module (called once the registry is at hand).
+
+        The built-in default is not checked: a daemon built with a smaller registry simply has less to load
+        (``autoload_for``)."""
+        if "modules.autoload" not in self.origins:
+            return
         for name in self.modules.autoload:
             if name not in known:
                 raise ConfigError(
                     f"modules.autoload: unknown module {name!r} {self.origin('modules.autoload')} "
                     f"(known: {', '.join(sorted(known))})"
                 )
+
+    def autoload_for(self, known: set[str] | dict[str, Any]) -> list[str]:
+        """The modules to load at start: the configured list, or the defaults this registry has."""
+        if "modules.autoload" in self.origins:
+            return list(self.modules.autoload)
+        return [name for name in self.modules.autoload if name in known]
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration as plain data (for ``--check-config`` and ``sys.status``)."""
@@ -363,6 +380,9 @@ def _tname(value: Any) -> str:
 
 def _finish(cfg: Config, env: dict[str, str]) -> None:
     """Semantic checks and defaults that depend on other values."""
+    if "modules.autoload" not in cfg.origins and "ENIGMA_DEFAULT_AUTOLOAD" in env:
+        # Replaces the built-in default only (packagers, test harnesses); a configured list still wins.
+        cfg.modules.autoload = [n.strip() for n in env["ENIGMA_DEFAULT_AUTOLOAD"].split(",") if n.strip()]
     d = cfg.daemon
     for key in ("rpc", "events"):
         value = getattr(d, key)

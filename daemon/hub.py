@@ -23,6 +23,9 @@ from bus.service import Call, EventListener, Result, role_allows
 log = logging.getLogger("enigma.hub")
 
 UnaryHandler = Callable[[Call], Awaitable[dict[str, Any]]]
+# A front runs in place of a method's handler and decides where the call goes: it may forward it (to a peer
+# daemon) or hand it to ``local`` — the normal dispatch — itself. See ``Hub.front``.
+Front = Callable[[Call, Callable[[Call], Awaitable[Result]]], Awaitable[Result]]
 # A streaming handler sends chunks with ``await call.emit(body)`` and returns the ``end`` body.
 StreamHandler = Callable[[Call], Awaitable[dict[str, Any]]]
 
@@ -50,6 +53,7 @@ class Hub:
 
     def __init__(self, replay_per_topic: int = 50, max_topics: int = 1024) -> None:
         self._routes: dict[str, Route] = {}
+        self._fronts: dict[str, Front] = {}
         self._listeners: list[tuple[str, EventListener]] = []
         self._replay: OrderedDict[str, deque[StoredEvent]] = OrderedDict()
         self._replay_per_topic = replay_per_topic
@@ -86,6 +90,27 @@ class Hub:
 
         return unregister
 
+    def front(self, method: str, front: Front) -> Callable[[], None]:
+        """Put ``front(call, local)`` in front of ``method``, whether or not a handler is registered for it.
+
+        How work goes where the model is (``daemon.peers``): the front forwards the call or passes it to
+        ``local``, which is the ordinary dispatch (unknown method, role and schema checks, the handler). One
+        front per method; returns a function that removes it.
+        """
+        if method in self._fronts:
+            raise ValueError(f"method {method!r} already has a front")
+        self._fronts[method] = front
+
+        def remove() -> None:
+            if self._fronts.get(method) is front:
+                del self._fronts[method]
+
+        return remove
+
+    def serves(self, method: str) -> bool:
+        """True when a call to ``method`` can be answered: a handler is registered or a front takes it."""
+        return method in self._routes or method in self._fronts
+
     def methods(self) -> list[Route]:
         return sorted(self._routes.values(), key=lambda r: r.method)
 
@@ -93,6 +118,12 @@ class Hub:
         return self._routes.get(method)
 
     async def dispatch(self, call: Call) -> Result:
+        front = self._fronts.get(call.method)
+        if front is not None:
+            return await front(call, self._dispatch_local)
+        return await self._dispatch_local(call)
+
+    async def _dispatch_local(self, call: Call) -> Result:
         route = self._routes.get(call.method)
         if route is None:
             raise UnknownMethod(f"unknown method {call.method!r}")

@@ -20,6 +20,8 @@ class ModuleStateBody(TypedDict):
 # The daemon is up / going down: {"node_id", "boot_id", "version"} and {"node_id", "boot_id", "reason"}.
 SYS_STARTED: Final = "sys.started"
 SYS_STOPPING: Final = "sys.stopping"
+# A backup was restored live (backup.restore): {"node_id", "backup": {node_id, created, schema, …}, "modules"}.
+SYS_RESTORED: Final = "sys.restored"
 # The config was reloaded (SIGHUP): {"changed": [dotted keys]}, or {"changed": [], "error"} when it was refused.
 SYS_RELOADED: Final = "sys.reloaded"
 

@@ -99,6 +99,8 @@ def clean_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
     env["XDG_DATA_HOME"] = str(tmp / "xdg-data")
     env["PYTHONUNBUFFERED"] = "1"
+    # A daemon under test loads no model unless the test configures modules.autoload itself.
+    env["ENIGMA_DEFAULT_AUTOLOAD"] = ""
     env.update(extra or {})
     return env
 

@@ -29,6 +29,15 @@ GROUPS: tuple[str, ...] = (
     "clients.cli.modules",  # modules list|load|unload
     "clients.cli.events",  # events [PREFIX], publish TOPIC
     "clients.cli.keys",  # keys
+    "clients.cli.ask",  # ask TEXT
+    "clients.cli.chat",  # chat
+    "clients.cli.sessions",  # sessions list|show|rm
+    "clients.cli.models",  # models list|show|add|rm|load
+    "clients.cli.robots",  # robots list|send|watch
+    "clients.cli.backup",  # backup create|restore
+    "clients.cli.doctor",  # doctor
+    "clients.cli.discover",  # discover
+    "clients.cli.peers",  # peers list|pair|unpair
 )
 
 EPILOG = """\

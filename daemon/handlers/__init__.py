@@ -30,6 +30,7 @@ class Core:
     started: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
     server: Any = None  # bus.zmq_server.ZmqServer: .endpoints, .stats()
+    daemon: Any = None  # daemon.app.Daemon: backup.restore swaps its store live (daemon.handlers.backup)
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono
@@ -37,10 +38,11 @@ class Core:
 
 def register_all(hub: Hub, core: Core) -> list[Callable[[], None]]:
     """Register every core handler; returns their unregister functions."""
-    from daemon.handlers import events, modules, system
+    from daemon.handlers import backup, events, modules, system
 
     return [
         *system.register(hub, core),
         *modules.register(hub, core),
         *events.register(hub, core),
+        *backup.register(hub, core),
     ]

@@ -9,6 +9,11 @@ from __future__ import annotations
 REGISTRY: dict[str, str] = {
     "echo": "daemon.modules.echo:EchoModule",
     "system": "daemon.modules.system:SystemModule",
+    "llm": "daemon.modules.llm:NativeLLMModule",
+    "ollama": "daemon.modules.llm:OllamaLLMModule",
+    "llamacpp": "daemon.modules.llm:LlamaCppLLMModule",
+    "chat": "daemon.modules.chat:ChatModule",
     "mqtt": "daemon.modules.mqtt:MqttModule",
     "robots": "daemon.modules.robots:RobotsModule",
+    "peers": "daemon.modules.peers:PeersModule",
 }

@@ -189,3 +189,18 @@ def test_negative_slow_callback_threshold_is_refused(env: dict[str, str]) -> Non
         ConfigError, match=r"daemon\.slow_callback: must be 0 \(off\) or more from \$ENIGMA_DAEMON__SLOW"
     ):
         load_config(env=env)
+
+
+def test_with_no_setting_the_default_model_modules_autoload(env: dict[str, str]) -> None:
+    cfg = load_config(env=env)
+    assert cfg.autoload_for({"llm": 1, "chat": 1, "echo": 1}) == ["llm", "chat"]
+    # A registry without them (a trimmed build) simply loads less, and that is not a config error.
+    assert cfg.autoload_for({"echo": 1}) == []
+    cfg.check_modules({"echo": 1})
+
+
+def test_default_autoload_env_replaces_only_the_builtin_default(env: dict[str, str]) -> None:
+    assert load_config(env={**env, "ENIGMA_DEFAULT_AUTOLOAD": "echo"}).autoload_for({"echo": 1}) == ["echo"]
+    path = write_config(env, "[modules]\nautoload = ['system']\n")
+    cfg = load_config(path, env={**env, "ENIGMA_DEFAULT_AUTOLOAD": "echo"})
+    assert cfg.autoload_for({"echo": 1, "system": 1}) == ["system"]

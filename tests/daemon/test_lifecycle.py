@@ -223,3 +223,11 @@ async def test_curve_caller_gets_the_role_of_its_key(daemon_factory: StartDaemon
             await c.call("module.load", {"name": "echo"})
     finally:
         c.close()
+
+
+def test_a_pasted_key_that_starts_with_a_dash_is_accepted_without_double_dash(tmp_path: Path) -> None:
+    key = "-" + "a" * 39
+    out = run_enigmad(tmp_path, "--data-dir", str(tmp_path / "d"), "keys", "allow", key, "--role", "user")
+    assert out.returncode == 0, out.stderr
+    listed = run_enigmad(tmp_path, "--data-dir", str(tmp_path / "d"), "keys", "list")
+    assert key in listed.stdout

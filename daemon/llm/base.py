@@ -1,0 +1,221 @@
+"""The one interface every LLM backend implements, and the stream type its generations share.
+
+A backend turns a prompt (raw text, or chat messages it renders with the model's template) into a
+``Generation``: an async iterator of text deltas living on the daemon's event loop, fed from wherever the
+backend really runs (the engine's scheduler thread, an HTTP stream, a llama.cpp worker thread). Producers on
+other threads call ``feed``/``finish``/``fail``, which hop onto the loop with ``call_soon_threadsafe``; the loop
+never waits on them. ``cancel()`` asks the producer to stop at its next step; the stream then ends with
+``finish_reason == "cancelled"``. Timings are measured here, once, the same way for every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from bus.errors import BusError, InternalError, error_class
+
+
+def as_bus_error(exc: BaseException) -> BusError:
+    """Map an engine (or backend) exception to its bus twin by its ``code``; anything else is internal.
+
+    Engine errors carry a bus error code as a plain string (the engine may not import ``bus``); this is the
+    one place the daemon turns them into the typed exception the transport answers with.
+    """
+    if isinstance(exc, BusError):
+        return exc
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        details = getattr(exc, "details", None)
+        return error_class(code)(getattr(exc, "message", str(exc)), details if isinstance(details, dict) else None)
+    return InternalError(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(slots=True)
+class Usage:
+    """What one generation cost; ``end`` bodies and stored messages carry ``to_dict()``."""
+
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # stop | length | cancelled | error
+    ttft_ms: float | None = None
+    total_ms: float = 0.0
+    decode_tokens_per_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Item:
+    kind: str  # "text" | "done" | "error"
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Generation:
+    """A running generation consumed with ``async for delta in gen``; ``usage`` is set once it ends.
+
+    The queue needs no explicit bound: a producer puts at most ``max_tokens`` deltas and one end item.
+    """
+
+    model: str
+    loop: asyncio.AbstractEventLoop
+    prompt_tokens: int = 0
+    on_cancel: Callable[[], None] | None = None
+    usage: Usage | None = None
+    text: str = ""
+    tokens: int = 0
+    _queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    _t0: float = field(default_factory=time.perf_counter)
+    _t_first: float | None = None
+    _t_last: float | None = None
+    _cancel_requested: bool = False
+    _finished: bool = False
+
+    # -- producer side: safe from any thread -------------------------------------------------------------
+    def feed(self, text: str, tokens: int = 1) -> None:
+        """A decoded text delta (``tokens`` is how many tokens produced it)."""
+        self._put(Item("text", text=text, tokens=tokens))
+
+    def finish(
+        self, finish_reason: str, prompt_tokens: int | None = None, completion_tokens: int | None = None
+    ) -> None:
+        self._put(
+            Item("done", finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        )
+
+    def fail(self, error: BaseException) -> None:
+        self._put(Item("error", error=error))
+
+    def _put(self, item: Item) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._queue.put_nowait(item)
+        else:
+            # The loop may already be closed during shutdown; the item then has no reader anyway.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    # -- consumer side: on the loop ----------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def cancel(self) -> None:
+        """Ask the producer to stop at its next step; idempotent, safe after the end."""
+        if self._finished or self._cancel_requested:
+            return
+        self._cancel_requested = True
+        if self.on_cancel is not None:
+            self.on_cancel()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def _next_item(self) -> Item:
+        """The next thing the producer sent; subclasses that read another queue override this."""
+        return await self._queue.get()
+
+    async def __anext__(self) -> str:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._next_item()
+        now = time.perf_counter()
+        if item.kind == "text":
+            if self._t_first is None:
+                self._t_first = now
+            self._t_last = now
+            self.text += item.text
+            self.tokens += item.tokens
+            return item.text
+        self._finished = True
+        if item.kind == "error":
+            self._end("error", None, None, now)
+            err = item.error
+            assert err is not None
+            raise as_bus_error(err) from err
+        reason = "cancelled" if self._cancel_requested and item.finish_reason != "error" else item.finish_reason
+        self._end(reason or "stop", item.prompt_tokens, item.completion_tokens, now)
+        raise StopAsyncIteration
+
+    def _end(self, reason: str, prompt_tokens: int | None, completion_tokens: int | None, now: float) -> None:
+        completion = completion_tokens if completion_tokens is not None else self.tokens
+        decode_tps = None
+        if self._t_first is not None and self._t_last is not None and completion > 1 and self._t_last > self._t_first:
+            decode_tps = (completion - 1) / (self._t_last - self._t_first)
+        self.usage = Usage(
+            model=self.model,
+            prompt_tokens=prompt_tokens if prompt_tokens is not None else self.prompt_tokens,
+            completion_tokens=completion,
+            finish_reason=reason,
+            ttft_ms=None if self._t_first is None else (self._t_first - self._t0) * 1000.0,
+            total_ms=(now - self._t0) * 1000.0,
+            decode_tokens_per_s=decode_tps,
+        )
+
+    async def drain(self) -> str:
+        """Consume to the end and return the whole text (for callers that do not stream)."""
+        async for _ in self:
+            pass
+        return self.text
+
+
+class Backend(ABC):
+    """One LLM runtime serving one model at a time.
+
+    ``load``/``unload`` may take long (they run their blocking parts off the loop). ``count_tokens`` and
+    ``render_chat`` are cheap and synchronous; remote backends that cannot count exactly estimate.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, model: str, options: dict[str, Any]) -> None:
+        self.model = model  # the name or path the user configured
+        self.options = options
+        self.context_length = int(options.get("context_length", 2048))
+
+    @abstractmethod
+    async def load(self) -> None: ...
+
+    @abstractmethod
+    async def unload(self) -> None: ...
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int: ...
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The model's chat template applied to ``messages``, ending with the assistant's turn opened."""
+
+    @abstractmethod
+    def generate(self, prompt: str, sampling: dict[str, Any]) -> Generation:
+        """Start generating from a raw prompt; must return immediately (the work happens elsewhere)."""
+
+    def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> Generation:
+        """Start a chat completion; backends with a native chat API override this."""
+        return self.generate(self.render_chat(messages), sampling)
+
+    def count_chat_tokens(self, messages: list[dict[str, str]]) -> int:
+        return self.count_tokens(self.render_chat(messages))
+
+    def load_stats(self) -> dict[str, int]:
+        """``{"queue": waiting, "active": decoding}`` right now."""
+        return {"queue": 0, "active": 0}
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": self.kind, "model": self.model, "context_length": self.context_length}

@@ -1,0 +1,63 @@
+"""A backup taken while the real default model is generating a chat reply restores the history as it stood."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.sdk import Client
+from tests.conftest import StartDaemon
+from tests.ops.conftest import restore, take_backup
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+CONFIG = """
+[modules]
+autoload = ["llm", "chat"]
+
+[modules.llm]
+context_length = 512
+
+[modules.chat]
+flush_tokens = 1
+"""
+
+
+async def _send(c: Client, body: dict[str, Any]) -> dict[str, Any]:
+    async with c.stream("chat.send", body) as s:
+        async for _ in s:
+            pass
+    assert s.result is not None
+    return s.result
+
+
+async def test_backup_during_a_real_generation_restores_the_history_so_far(
+    daemon_factory: StartDaemon, tmp_path: Path
+) -> None:
+    src = daemon_factory(config=CONFIG, data_dir=tmp_path / "src", ready_timeout=240)
+    async with Client(src.rpc, src.events, timeout=120.0) as c:
+        sid = (await _send(c, {"text": "What is the capital of France?", "temperature": 0, "max_tokens": 24}))[
+            "session_id"
+        ]
+        story = {"session_id": sid, "text": "Tell me a long story about Paris.", "temperature": 0, "max_tokens": 200}
+        async with c.stream("chat.send", story) as s:
+            first = (await s.__anext__())["text"]
+            data, _ = await take_backup(c)
+            async for _ in s:
+                pass
+        final = (await c.call("session.history", {"id": sid}))["messages"]
+
+    dst = daemon_factory(config='[modules]\nautoload = ["chat"]\n', data_dir=tmp_path / "dst")
+    async with Client(dst.rpc, dst.events, timeout=60.0) as c:
+        await restore(c, data)
+        restored = (await c.call("session.history", {"id": sid}))["messages"]
+
+    assert [(m["role"], m["text"]) for m in restored[:3]] == [(m["role"], m["text"]) for m in final[:3]]
+    assert len(restored) == 4
+    partial = restored[3]
+    assert partial["role"] == "assistant"
+    assert partial["text"].startswith(first)  # what had been streamed when the backup started is there
+    assert final[3]["text"].startswith(partial["text"])  # a consistent snapshot of the reply as it grew
+    assert not partial["complete"] or partial["text"] == final[3]["text"]  # only a finished reply is complete

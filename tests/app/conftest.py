@@ -1,0 +1,136 @@
+"""Fixtures for the app: its files in tmp_path, view models wired to one connection, daemons with the model.
+
+The model daemon (``llm`` + ``chat`` with short, greedy replies) is session-scoped: loading the model is the
+expensive part, so the app's tests share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.mqtt_link import MqttSettings
+from clients.app.store import AppStore, DaemonEntry
+from clients.app.viewmodels import ChatVM, ConnectionVM, ModulesVM, SettingsVM, StatusVM
+from clients.robot.commands import Limits
+from clients.robot.drivers.sim import SimDriver
+from clients.robot.node import RobotNode
+from tests.conftest import DaemonLauncher, DaemonProcess
+from tests.mqtt.broker import Mosquitto
+
+MODEL_CONFIG = """
+[modules]
+autoload = ["llm", "chat"]
+
+[modules.llm]
+context_length = 512
+max_batch = 4
+
+[modules.llm.sampling]
+temperature = 0
+max_tokens = 24
+
+[modules.chat]
+flush_tokens = 1
+"""
+
+
+@dataclass
+class Views:
+    store: AppStore
+    conn: ConnectionVM
+    chat: ChatVM
+    modules: ModulesVM
+    status: StatusVM
+    settings: SettingsVM
+
+    async def connect(self, daemon: DaemonProcess, name: str = "test", within: float = 30.0) -> None:
+        await self.conn.connect(DaemonEntry(name, daemon.rpc, daemon.events))
+        await self.conn.wait_connected(within)
+
+    async def aclose(self) -> None:
+        for vm in (self.chat, self.modules, self.status, self.settings, self.conn):
+            await vm.aclose()
+
+
+def make_views(root: Path, heartbeat: float = 2.0) -> Views:
+    store = AppStore(root)
+    conn = ConnectionVM(store, heartbeat=heartbeat, request_timeout=20.0)
+    return Views(store, conn, ChatVM(conn), ModulesVM(conn), StatusVM(conn), SettingsVM(store, conn))
+
+
+@pytest.fixture
+async def views(tmp_path: Path) -> AsyncIterator[Views]:
+    v = make_views(tmp_path / "app")
+    try:
+        yield v
+    finally:
+        await v.aclose()
+
+
+@pytest.fixture(scope="session")
+def model_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One enigmad with the real default model and the chat module, shared by the app's tests (each test makes
+    its own sessions, so they do not see each other's conversations)."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("app-model"))
+    try:
+        yield launcher.start(config=MODEL_CONFIG, ready_timeout=120.0)
+    finally:
+        launcher.stop_all()
+
+
+async def wait_until(vm: Any, check: Callable[[], bool], within: float = 20.0, what: str = "condition") -> None:
+    """Wait for ``check()`` to hold, re-checking on every change ``vm`` notifies (no polling, no sleeps)."""
+    changed = asyncio.Event()
+    unbind = vm.bind(lambda _what, _detail: changed.set())
+    try:
+        async with asyncio.timeout(within):
+            while not check():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        raise AssertionError(f"timed out after {within}s waiting for {what}") from None
+    finally:
+        unbind()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+class StillClock:
+    """The robot's clock: it never advances, so a commanded move stays in progress until the e-stop."""
+
+    def __call__(self) -> float:
+        return 1000.0
+
+
+@pytest.fixture
+async def robot(broker: Mosquitto) -> AsyncIterator[RobotNode]:
+    node = RobotNode(
+        "rover", SimDriver(), MqttSettings(url=broker.url, backoff_max=0.2), limits=Limits(), clock=StillClock(),
+        autorun=False,
+    )  # fmt: skip
+    await node.start(wait=10)
+    try:
+        yield node
+    finally:
+        await node.close()
+
+
+@pytest.fixture
+def robots_daemon(broker: Mosquitto, daemon_factory: Callable[..., Any]) -> DaemonProcess:
+    config = f'[modules]\nautoload = ["robots"]\n\n[modules.robots]\nbroker = "{broker.url}"\n'
+    d: DaemonProcess = daemon_factory(config=config)
+    return d

@@ -193,6 +193,11 @@ def _host_of(endpoint: str) -> tuple[str, str]:
     return scheme, host
 
 
+def endpoint_host(endpoint: str) -> str:
+    """The host of a tcp endpoint (``tcp://[::1]:7700`` → ``::1``; of ``tcp://src;dst`` the destination's)."""
+    return _host_of(endpoint)[1]
+
+
 def is_loopback(endpoint: str) -> bool:
     """True when nobody outside this host can reach ``endpoint``.
 

@@ -188,20 +188,42 @@ class Announcer:
         await zc.async_close()
 
 
-class Browser:
+class _Heard:
+    """What ``Browser`` and ``BroadcastBeacon`` share: the records heard, a listener, and waiting on a change."""
+
+    def __init__(self, on_change: Callable[[Record, bool], None] | None) -> None:
+        self.records: dict[str, Record] = {}
+        self._on_change = on_change
+        self._changed = asyncio.Event()
+
+    def _notify(self, rec: Record, present: bool) -> None:
+        self._changed.set()
+        if self._on_change is not None:
+            try:
+                self._on_change(rec, present)
+            except Exception:
+                log.exception("discovery listener failed for %s", rec.node_id)
+
+    async def wait_for(self, predicate: Callable[[dict[str, Record]], bool], timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until ``predicate(records)`` holds; ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.records):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Browser(_Heard):
     """Watches ``_enigma._tcp`` on ``interfaces``; ``records`` holds what is currently announced.
 
     ``on_change(record, present)`` is called on the loop for every record that appears, changes or leaves.
     """
 
     def __init__(self, interfaces: list[str], on_change: Callable[[Record, bool], None] | None = None) -> None:
+        super().__init__(on_change)
         self.interfaces = _check_interfaces(interfaces)
-        self.records: dict[str, Record] = {}
-        self._on_change = on_change
         self._zc: Any = None
         self._browser: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._changed = asyncio.Event()
 
     async def start(self) -> None:
         from zeroconf import IPVersion
@@ -237,21 +259,6 @@ class Browser:
             return
         self.records[rec.node_id] = rec
         self._notify(rec, True)
-
-    def _notify(self, rec: Record, present: bool) -> None:
-        self._changed.set()
-        if self._on_change is not None:
-            try:
-                self._on_change(rec, present)
-            except Exception:
-                log.exception("discovery listener failed for %s", rec.node_id)
-
-    async def wait_for(self, predicate: Callable[[dict[str, Record]], bool], timeout: float) -> None:  # noqa: ASYNC109
-        """Wait until ``predicate(records)`` holds; ``TimeoutError`` after ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self.records):
-                self._changed.clear()
-                await self._changed.wait()
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -310,7 +317,7 @@ class _Receiver(asyncio.DatagramProtocol):
             self.on_record(rec)
 
 
-class BroadcastBeacon:
+class BroadcastBeacon(_Heard):
     """Sends the record to ``broadcast`` (an IPv4 broadcast address) from ``interface`` every ``interval``
     seconds, and collects other daemons' beacons heard on that broadcast address in ``records``.
 
@@ -329,17 +336,15 @@ class BroadcastBeacon:
         on_change: Callable[[Record, bool], None] | None = None,
     ) -> None:
         _check_interfaces([interface, broadcast])
+        super().__init__(on_change)
         self.record = record
         self.interface = interface
         self.broadcast = broadcast
         self.port = port
         self.interval = interval
-        self.records: dict[str, Record] = {}
-        self._on_change = on_change
         self._send: Any = None
         self._recv: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -360,9 +365,7 @@ class BroadcastBeacon:
         if self.record is not None and rec.node_id == self.record.node_id:
             return
         self.records[rec.node_id] = rec
-        self._changed.set()
-        if self._on_change is not None:
-            self._on_change(rec, True)
+        self._notify(rec, True)
 
     async def _beacon(self) -> None:
         while True:
@@ -372,12 +375,6 @@ class BroadcastBeacon:
 
     def update(self, record: Record) -> None:
         self.record = record
-
-    async def wait_for(self, predicate: Callable[[dict[str, Record]], bool], timeout: float) -> None:  # noqa: ASYNC109
-        async with asyncio.timeout(timeout):
-            while not predicate(self.records):
-                self._changed.clear()
-                await self._changed.wait()
 
     async def close(self) -> None:
         if self._task is not None:

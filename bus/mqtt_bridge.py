@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from bus.envelope import MAX_NAME, new_id
 from bus.errors import BadRequest, BusError, Busy, Cancelled, InternalError, TooLarge
-from bus.mqtt_link import MqttLink, MqttSettings, Will
+from bus.mqtt_link import MqttLink, MqttSettings, Will, publish_properties, reply_address
 from bus.mqtt_topics import dumps, event_topic, has_wildcard, node_base, request_topic, status_topic
 from bus.service import ROLES, Call, Caller, Dispatcher
 
 if TYPE_CHECKING:
     import aiomqtt
-    from paho.mqtt.properties import Properties
 
 log = logging.getLogger("enigma.mqtt.bridge")
 
@@ -144,17 +143,6 @@ class BridgeConfig:
         )
 
 
-def _properties(correlation: bytes | None) -> Properties | None:
-    if correlation is None:
-        return None
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    props = Properties(PacketTypes.PUBLISH)
-    props.CorrelationData = correlation
-    return props
-
-
 class MqttBridge:
     """Bridges a ``Dispatcher`` onto an MQTT broker. ``await start()`` … ``await close()``."""
 
@@ -252,9 +240,7 @@ class MqttBridge:
             self._on_request(message, topic[len(self.t_request) + 1 :])
 
     def _reply_target(self, message: aiomqtt.Message, obj: Any) -> tuple[str | None, bytes | None]:
-        props = message.properties
-        response = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        response, correlation = reply_address(message)
         if not response and isinstance(obj, dict) and isinstance(obj.get("reply_to"), str):
             response = obj["reply_to"]
         if not response:
@@ -294,8 +280,7 @@ class MqttBridge:
         if error is None:
             error, method, body = self._validate(obj)
         if error is not None:
-            self._send(response, correlation, {"kind": "error", "ref": rid, "body": error.to_body()})
-            self._stats["errors"] += 1
+            self._send_error(response, correlation, rid, error)
             return
         peer = username or "anonymous"
         if method is None:  # a cancel
@@ -308,8 +293,7 @@ class MqttBridge:
             err: BusError = Busy(f"too many calls in progress (limit {self.config.max_calls})")
             if key in self._calls:
                 err = BadRequest(f"a call with id {rid!r} is already in progress")
-            self._send(response, correlation, {"kind": "error", "ref": rid, "body": err.to_body()})
-            self._stats["errors"] += 1
+            self._send_error(response, correlation, rid, err)
             return
         role = self.config.roles.get(username, self.config.default_role) if username else self.config.default_role
         caller = Caller("mqtt", peer, role)
@@ -335,7 +319,11 @@ class MqttBridge:
 
     def _send(self, topic: str, correlation: bytes | None, env: dict[str, Any]) -> None:
         env = {"v": 1, "id": new_id(), **env}
-        self.link.publish_nowait(topic, dumps(env), self.config.qos_rpc, False, _properties(correlation))
+        self.link.publish_nowait(topic, dumps(env), self.config.qos_rpc, False, publish_properties(correlation))
+
+    def _send_error(self, topic: str, correlation: bytes | None, rid: str, error: BusError) -> None:
+        self._stats["errors"] += 1
+        self._send(topic, correlation, {"kind": "error", "ref": rid, "body": error.to_body()})
 
     async def _serve(
         self,
@@ -347,7 +335,7 @@ class MqttBridge:
         response: str,
         correlation: bytes | None,
     ) -> None:
-        props = _properties(correlation)
+        props = publish_properties(correlation)
         seq = 0
 
         async def emit(chunk: dict[str, Any]) -> None:
@@ -361,12 +349,7 @@ class MqttBridge:
             result = await self.dispatcher.dispatch(Call(rid, method, body, caller, emit))
             out = {"kind": result.kind, "ref": rid, "body": result.body}
         except asyncio.CancelledError:
-            self._stats["errors"] += 1
-            self._send(
-                response,
-                correlation,
-                {"kind": "error", "ref": rid, "body": Cancelled(f"{method} was cancelled").to_body()},
-            )
+            self._send_error(response, correlation, rid, Cancelled(f"{method} was cancelled"))
             raise
         except BusError as exc:
             out = {"kind": "error", "ref": rid, "body": exc.to_body()}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bus.envelope import new_id
 from bus.errors import BusError, InternalError, Timeout
-from bus.mqtt_link import MqttLink, MqttSettings
+from bus.mqtt_link import MqttLink, MqttSettings, publish_properties, reply_address
 from bus.mqtt_topics import dumps, level, node_base, request_topic
 
 if TYPE_CHECKING:
@@ -70,14 +70,9 @@ class MqttCaller:
 
     async def call(self, method: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109 - becomes bus.errors.Timeout
         """One unary call; raises the ``bus.errors`` class of the daemon's error, or ``Timeout``."""
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         rid = new_id()
         corr = rid.encode()
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic
-        props.CorrelationData = corr
+        props = publish_properties(corr, self.reply_topic)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
         try:
@@ -106,8 +101,7 @@ class MqttCaller:
         if not isinstance(env, dict):
             return
         if topic == self.reply_topic:
-            props = message.properties
-            corr = getattr(props, "CorrelationData", None) if props is not None else None
+            _, corr = reply_address(message)
             fut = self._pending.get(corr) if corr is not None else None
             if fut is not None and not fut.done():
                 fut.set_result(env)

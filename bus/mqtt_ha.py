@@ -23,6 +23,25 @@ def _config(component: str, object_id: str, entity: str, config: dict[str, Any])
     return f"{HA_ROOT}/{component}/{object_id}/{entity}/config", dumps(config)
 
 
+def _connectivity(oid: str, status: str, device: dict[str, Any]) -> tuple[str, bytes]:
+    """The online/offline sensor both kinds of device get, read from their retained ``status`` topic."""
+    return _config(
+        "binary_sensor",
+        oid,
+        "status",
+        {
+            "name": "Status",
+            "unique_id": f"{oid}_status",
+            "state_topic": status,
+            "value_template": "{{ value_json.state }}",
+            "payload_on": "online",
+            "payload_off": "offline",
+            "device_class": "connectivity",
+            "device": device,
+        },
+    )
+
+
 def node_discovery(node_id: str) -> list[tuple[str, bytes]]:
     """(topic, retained payload) pairs that describe the daemon ``node_id`` to Home Assistant."""
     oid = f"enigma_{level(node_id)}"
@@ -30,21 +49,7 @@ def node_discovery(node_id: str) -> list[tuple[str, bytes]]:
     status = status_topic(node_id)
     availability = {"topic": status, "value_template": "{{ value_json.state }}"}
     return [
-        _config(
-            "binary_sensor",
-            oid,
-            "status",
-            {
-                "name": "Status",
-                "unique_id": f"{oid}_status",
-                "state_topic": status,
-                "value_template": "{{ value_json.state }}",
-                "payload_on": "online",
-                "payload_off": "offline",
-                "device_class": "connectivity",
-                "device": device,
-            },
-        ),
+        _connectivity(oid, status, device),
         _config(
             "sensor",
             oid,
@@ -86,21 +91,7 @@ def robot_discovery(robot_id: str) -> list[tuple[str, bytes]]:
         )
 
     return [
-        _config(
-            "binary_sensor",
-            oid,
-            "status",
-            {
-                "name": "Status",
-                "unique_id": f"{oid}_status",
-                "state_topic": robot_topic(robot_id, "status"),
-                "value_template": "{{ value_json.state }}",
-                "payload_on": "online",
-                "payload_off": "offline",
-                "device_class": "connectivity",
-                "device": device,
-            },
-        ),
+        _connectivity(oid, robot_topic(robot_id, "status"), device),
         _config(
             "sensor",
             oid,

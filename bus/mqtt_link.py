@@ -127,6 +127,29 @@ MessageHandler = Callable[["aiomqtt.Message"], None]
 ConnectHook = Callable[[], None]
 
 
+def reply_address(message: aiomqtt.Message) -> tuple[str | None, bytes | None]:
+    """A received request's MQTT 5 ``ResponseTopic`` and ``CorrelationData``, each ``None`` when absent."""
+    props = message.properties
+    if props is None:
+        return None, None
+    return getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None)
+
+
+def publish_properties(correlation: bytes | None, response_topic: str | None = None) -> Properties | None:
+    """MQTT 5 properties carrying a response topic and/or correlation data; ``None`` when there is neither."""
+    if correlation is None and response_topic is None:
+        return None
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
+
+
 class MqttLink:
     """One logical MQTT connection that outlives broker restarts. Use ``start()``/``close()`` or ``async with``.
 

@@ -432,9 +432,7 @@ class ZmqServer:
             except asyncio.CancelledError:
                 if job.reason is None or cl.gone:
                     raise
-                frame = self._packer.pack(self._packer.error_map(self._ids(), ref, Cancelled(job.reason)))
-                self._stats["errors"] += 1
-                await self._answer(cl, header, frame)
+                await self._answer(cl, header, self._error_frame(ref, Cancelled(job.reason)))
                 raise
             except BusError as exc:
                 frame = self._error_frame(ref, exc)

@@ -34,7 +34,7 @@ from engine.errors import (
 )
 from engine.model import ModelConfig
 from engine.tokenizer import Tokenizer
-from engine.weights import ModelParts
+from engine.weights import ModelParts, map_name
 
 if TYPE_CHECKING:
     import gguf
@@ -77,14 +77,7 @@ _GGUF_MAGIC = b"GGUF"
 
 def gguf_to_our_name(name: str) -> str | None:
     """Our parameter name for a GGUF tensor name, or ``None`` when it is not one of our parameters."""
-    if name in GGUF_NAME_MAP:
-        return GGUF_NAME_MAP[name]
-    m = _LAYER_NAME.match(name)
-    if m:
-        ours = GGUF_NAME_MAP.get("blk.{i}." + m.group(2))
-        if ours is not None:
-            return ours.replace("{i}", m.group(1))
-    return None
+    return map_name(name, GGUF_NAME_MAP, _LAYER_NAME, "blk.{i}.")
 
 
 def gguf_tensor_name_map(config: ModelConfig) -> dict[str, str]:

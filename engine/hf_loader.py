@@ -19,7 +19,7 @@ import torch
 from engine.errors import EngineError, ModelFileError, TokenizerError, UnsupportedModel
 from engine.model import ModelConfig
 from engine.tokenizer import Tokenizer
-from engine.weights import ModelParts
+from engine.weights import ModelParts, map_name
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -47,14 +47,7 @@ _DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F1
 
 def hf_to_our_name(name: str) -> str | None:
     """Our parameter name for a Hugging Face parameter name, or ``None`` for anything else (rotary buffers…)."""
-    if name in HF_NAME_MAP:
-        return HF_NAME_MAP[name]
-    m = _LAYER_NAME.match(name)
-    if m:
-        ours = HF_NAME_MAP.get("model.layers.{i}." + m.group(2))
-        if ours is not None:
-            return ours.replace("{i}", m.group(1))
-    return None
+    return map_name(name, HF_NAME_MAP, _LAYER_NAME, "model.layers.{i}.")
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ model without first filling it with random numbers (which for a 7B model would c
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,22 @@ class ModelParts:
     state: dict[str, torch.Tensor]
     tokenizer: Tokenizer
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def map_name(name: str, table: Mapping[str, str], layer: re.Pattern[str], layer_prefix: str) -> str | None:
+    """Our parameter name for a file's tensor name through a loader's one mapping table, or ``None``.
+
+    Per-layer entries are written once with ``{i}``; ``layer`` captures the layer number and the rest of the name,
+    which is looked up as ``layer_prefix + rest``.
+    """
+    if name in table:
+        return table[name]
+    m = layer.match(name)
+    if m:
+        ours = table.get(layer_prefix + m.group(2))
+        if ours is not None:
+            return ours.replace("{i}", m.group(1))
+    return None
 
 
 def to_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -5,6 +5,7 @@
 with ``.rpc``, ``.events`` (the real endpoints from the ready line), ``.proc``, ``.data_dir``, ``.log_path``,
 ``.config_path``, ``.log()``, ``.send_signal()``, ``.stop()``. Everything started is stopped at teardown
 (SIGTERM, then SIGKILL after a timeout). ``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures.
+``broker`` is a mosquitto of the test's own on a free port; ``run_enigmad(tmp, *args)`` runs one command.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.mqtt.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"^enigmad ready rpc=(\S+) events=(\S+)$")
@@ -40,6 +43,25 @@ class DaemonProcess:
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
+
+    @classmethod
+    def spawn(
+        cls, args: list[str], data_dir: Path, log_path: Path, env: dict[str, str], config_path: Path | None = None
+    ) -> DaemonProcess:
+        """Start the command line ``args``: stderr goes to ``log_path``, stdout carries the ready line."""
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+            )
+        d = cls(proc, data_dir, log_path)
+        d.config_path = config_path
+        return d
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
@@ -108,6 +130,19 @@ def clean_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 StartDaemon = Callable[..., DaemonProcess]
 
 
+def run_enigmad(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one ``enigmad`` command to completion (``keys``, ``restore`` …) with the environment of ``tmp``."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        cwd=ROOT,
+        env=clean_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 class DaemonLauncher:
     """Starts daemons whose files live under ``base``, and stops them all; for fixtures of any scope."""
 
@@ -140,18 +175,7 @@ class DaemonLauncher:
             args += ["--config", str(config_path)]
         args += list(flags)
         log_path = self.base / f"enigmad-{n}.log"
-        with open(log_path, "w") as log_file:
-            proc = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=clean_env(self.base, env),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-            )
-        d = DaemonProcess(proc, data_dir, log_path)
-        d.config_path = config_path
+        d = DaemonProcess.spawn(args, data_dir, log_path, clean_env(self.base, env), config_path)
         self.started.append(d)
         return d.wait_ready(ready_timeout) if wait else d
 
@@ -164,6 +188,17 @@ class DaemonLauncher:
                     d.kill()
             if d.proc.stdout is not None:
                 d.proc.stdout.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto of our own on a free loopback port (``tests/mqtt/broker.py``), stopped at teardown."""
+    b = Mosquitto(tmp_path / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 @pytest.fixture

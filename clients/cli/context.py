@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from clients.cli.exits import CliError, UsageError
 
@@ -88,15 +88,15 @@ class Context:
         would cost the whole ``--timeout`` per command. The handshake on loopback takes milliseconds; a daemon
         that has not completed it within ``CONNECT_TIMEOUT_*`` (or ``--timeout``, if shorter) is not there.
         """
-        from bus.auth import is_loopback
         from bus.errors import Unavailable
         from clients.sdk import Client
 
         curve = self.curve()
-        local = _safe_loopback(is_loopback, self.rpc)
+        local = self.is_local()
         connect_timeout = CONNECT_TIMEOUT_LOCAL if local and curve is None else CONNECT_TIMEOUT_CURVE_OR_REMOTE
         async with Client(self.rpc, self.events, timeout=self.timeout, curve=curve) as c:
-            await self._wait_connected(c, min(self.timeout, connect_timeout))
+            if not await c.wait_connected(min(self.timeout, connect_timeout)):
+                raise self.unreachable()
             try:
                 yield c
             except Unavailable as exc:
@@ -105,31 +105,20 @@ class Context:
                     raise
                 raise self.unreachable() from exc
 
-    async def _wait_connected(self, c: Client, within: float) -> None:
-        import asyncio
+    def is_local(self) -> bool:
+        """Whether the daemon's endpoint is on this host; one that cannot be parsed counts as local."""
+        from bus.auth import is_loopback
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        delay = 0.002
-        while not c.connected:  # the SDK exposes the monitor's verdict as a flag, not an awaitable
-            if loop.time() >= deadline:
-                raise self.unreachable()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        try:
+            return is_loopback(self.rpc)
+        except Exception:
+            return True
 
     def unreachable(self) -> Exception:
-        from bus.auth import is_loopback
         from clients.cli.exits import Unreachable, unreachable_message
 
-        remote = not _safe_loopback(is_loopback, self.rpc)
+        remote = not self.is_local()
         return Unreachable(unreachable_message(self.rpc, remote=remote, curve=self.server_key() is not None))
-
-
-def _safe_loopback(is_loopback: Any, endpoint: str) -> bool:
-    try:
-        return bool(is_loopback(endpoint))
-    except Exception:
-        return True
 
 
 def _read_server_key(path: Path) -> str:

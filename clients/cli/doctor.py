@@ -82,9 +82,7 @@ def report(checks: list[Check]) -> Output:
 
 # -- the checks --------------------------------------------------------------------------------------------------
 async def run_checks(ctx: Context) -> list[Check]:
-    from bus.auth import is_loopback
-
-    local = _safe(lambda: is_loopback(ctx.rpc), True)
+    local = ctx.is_local()
     checks: list[Check] = []
     status, methods, modules, sysinfo = await _ask_daemon(ctx, checks)
     effective = None
@@ -379,10 +377,3 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def _safe(fn: Any, default: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return default

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bus.mqtt_link import MqttLink, MqttSettings, Will
+from bus.mqtt_link import MqttLink, MqttSettings, Will, publish_properties, reply_address
 from bus.mqtt_topics import ALL_ROBOTS, dumps, has_wildcard, robot_topic
 from clients.robot.commands import CommandError, Limits, parse_command
 from clients.robot.controller import Controller
@@ -154,9 +154,7 @@ class RobotNode:
             self._on_command(message)
 
     def _on_command(self, message: aiomqtt.Message) -> None:
-        props = message.properties
-        response = getattr(props, "ResponseTopic", None) if props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        response, correlation = reply_address(message)
         if not response or has_wildcard(response):
             response = self.t_reply
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
@@ -173,11 +171,4 @@ class RobotNode:
             log.warning("robot %s refused a command: %s", self.id, exc.message)
             reply = {"id": exc.command_id or cid, "ok": False, "error": exc.to_body()}
         self._publish_state_if_changed()
-        props_out = None
-        if correlation is not None:
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props_out = Properties(PacketTypes.PUBLISH)
-            props_out.CorrelationData = correlation
-        self.link.publish_nowait(response, dumps(reply), 1, False, props_out)
+        self.link.publish_nowait(response, dumps(reply), 1, False, publish_properties(correlation))

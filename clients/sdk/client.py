@@ -59,7 +59,9 @@ class Client:
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_stream_queue: int = 4096,
         max_event_queue: int = 10_000,
+        on_link: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_link(up)`` is called on every change of ``connected`` the socket monitor reports."""
         self.rpc = rpc_endpoint(rpc)
         self.events = events_endpoint(events)
         self.timeout = timeout
@@ -69,6 +71,7 @@ class Client:
         self._heartbeat = heartbeat
         self._max_stream_queue = max_stream_queue
         self._max_event_queue = max_event_queue
+        self._on_link = on_link
         self._state = "new"
         self._ctx: zmq.Context[Any] | None = None
         self._dealer: zmq.Socket[bytes] | None = None
@@ -180,6 +183,32 @@ class Client:
     def connected(self) -> bool:
         """True while a handshake with the daemon's request socket has succeeded and not dropped since."""
         return self._up
+
+    async def wait_connected(self, within: float) -> bool:
+        """Wait until ``connected``; False if the handshake has not succeeded within ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                while not self._up:
+                    self._ensure_open()
+                    self._handshake.clear()
+                    await self._handshake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def why_down(self) -> str:
+        """Why the last connection attempt failed or the connection dropped (meaningful while not connected)."""
+        return self._why_down
+
+    def fail_pending(self, error: BusError) -> None:
+        """End every call and stream in flight with ``error``: for a caller that knows no answer will come."""
+        body = error.to_body()
+        for target in list(self._pending.values()):
+            if isinstance(target, Stream):
+                target._push(Envelope("error", body=body))
+            elif not target.done():
+                target.set_result(Envelope("error", body=body))
 
     # -- requests -------------------------------------------------------------------------------------------
     async def call(
@@ -312,6 +341,7 @@ class Client:
             target.set_result(env)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
+        was = self._up
         kind = parse_monitor_message(frames)["event"]
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._up = True
@@ -326,6 +356,8 @@ class Client:
             self._up, self._why_down = False, "the server refused our CURVE key"
         else:
             self._up, self._why_down = False, "the security handshake failed (CURVE keys or settings differ)"
+        if self._on_link is not None and self._up != was:
+            self._on_link(self._up)
 
     # -- events ---------------------------------------------------------------------------------------------
     def subscribe(self, prefix: str = "") -> Subscription:

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bus.auth import AllowList, KeyPair, fingerprint, is_loopback
+from bus.auth import AllowList, KeyPair, endpoint_host, fingerprint, is_loopback
 from bus.discovery import Announcer, BroadcastBeacon, Record, browse
 from bus.envelope import new_id
 from bus.errors import BadRequest, BusError, NotFound, Unavailable
@@ -62,11 +62,6 @@ EMPTY_SCHEMA: dict[str, Any] = {"type": "object"}
 
 # Who this module is when it asks the local handlers (llm.stats, robot.list) for its capability record.
 _LOCAL_CALLER = Caller("local", "peers", "admin")
-
-
-def _host(endpoint: str) -> str:
-    rest = endpoint.partition("://")[2]
-    return rest.rsplit(":", 1)[0].strip("[]")
 
 
 def _port(endpoint: str) -> int:
@@ -234,7 +229,7 @@ class PeersModule(Module):
         configured = self.opts["interfaces"]
         if configured is not None:
             return (configured, "") if configured else ([], "modules.peers.interfaces is empty")
-        host = _host(eps["rpc"])
+        host = endpoint_host(eps["rpc"])
         if _is_ipv4(host) and host != "0.0.0.0":
             return [host], ""
         return [], f"rpc binds {host}: set modules.peers.interfaces to the addresses to announce on"
@@ -406,7 +401,7 @@ class PeersModule(Module):
         if self.window is not None:
             await self.window.close()
         eps = self._endpoints()
-        endpoint = self.opts["pair"] or f"tcp://{_host(eps.get('rpc', 'tcp://127.0.0.1:0'))}:0"
+        endpoint = self.opts["pair"] or f"tcp://{endpoint_host(eps.get('rpc', 'tcp://127.0.0.1:0'))}:0"
         self.window = PairingWindow(
             endpoint=endpoint,
             me=self._me(),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from bus.envelope import new_id
 from bus.errors import BadRequest, BusError, NotFound, Timeout, Unavailable
 from bus.mqtt_ha import robot_discovery
-from bus.mqtt_link import MqttLink, MqttSettings
+from bus.mqtt_link import MqttLink, MqttSettings, publish_properties, reply_address
 from bus.mqtt_topics import ALL_ROBOTS, ROBOT_ROOT, dumps, node_base, robot_topic
 from bus.service import Call
 from daemon.module import Module
@@ -160,8 +160,7 @@ class RobotsModule(Module):
             self.ctx.publish(ROBOT_STATE, self._summary(rec))
 
     def _on_reply(self, message: aiomqtt.Message) -> None:
-        props = message.properties
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        _, corr = reply_address(message)
         fut = self._pending.pop(corr, None) if corr is not None else None
         if fut is None or fut.done():
             return
@@ -221,12 +220,7 @@ class RobotsModule(Module):
             raise BadRequest("params may not contain 'id' or 'action'")
         cid = new_id()
         corr = cid.encode()
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic
-        props.CorrelationData = corr
+        props = publish_properties(corr, self.reply_topic)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[corr] = fut
         timeout = float(call.body.get("timeout", self.command_timeout))

@@ -15,42 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-from zmq.utils.monitor import parse_monitor_message
-
 from bus.auth import ClientCurve, KeyPair
-from bus.envelope import Envelope
 from bus.errors import BusError, Unavailable
 from clients.sdk import Client
-from clients.sdk.streams import Stream
 from daemon.peers.store import PeerEntry
 
 log = logging.getLogger("enigma.peers")
-
-
-class _LinkClient(Client):
-    """The SDK client, plus a callback on every up/down change of the request connection."""
-
-    def __init__(self, *args: Any, on_link: Callable[[bool], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_link = on_link
-
-    def _on_monitor(self, frames: list[bytes]) -> None:
-        was = self._up
-        super()._on_monitor(frames)
-        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED and was:
-            self._fail_streams(f"the connection to {self.rpc} dropped")
-        if self._up != was:
-            self._on_link(self._up)
-
-    def _fail_streams(self, why: str) -> None:
-        # The server forgets a request when its client's connection drops, so nothing more will come.
-        err = Unavailable(f"the peer daemon went away mid-request: {why}", {"endpoint": self.rpc})
-        for target in list(self._pending.values()):
-            if isinstance(target, Stream):
-                target._push(Envelope("error", body=err.to_body()))
-            elif not target.done():
-                target.set_result(Envelope("error", body=err.to_body()))
 
 
 class PeerLink:
@@ -73,7 +43,7 @@ class PeerLink:
         self.error: str | None = None
         self._on_change = on_change
         self._wake = asyncio.Event()
-        self.client = _LinkClient(
+        self.client = Client(
             peer.endpoints["rpc"],
             peer.endpoints.get("events") or None,
             timeout=timeout,
@@ -114,7 +84,12 @@ class PeerLink:
 
     def _on_link(self, up: bool) -> None:
         if not up:
-            self._set("down", self.client._why_down)
+            # The server forgets a request when its client's connection drops, so nothing more will come.
+            why = f"the connection to {self.client.rpc} dropped"
+            self.client.fail_pending(
+                Unavailable(f"the peer daemon went away mid-request: {why}", {"endpoint": self.client.rpc})
+            )
+            self._set("down", self.client.why_down)
         self._wake.set()  # refresh now: on the way up to learn the capabilities, on the way down to retry
 
     def _set(self, state: str, error: str | None = None) -> None:

@@ -39,17 +39,6 @@ def build_hub(probes: Probes) -> Hub:
             await call.emit({"i": i, "pad": b"x" * pad} if pad else {"i": i})
         return {"total": n}
 
-    async def hang(call: Call) -> dict[str, Any]:
-        """Emits one chunk, then waits until released or cancelled."""
-        await call.emit({"i": 0})
-        probes.started.set()
-        try:
-            await probes.release.wait()
-        except asyncio.CancelledError:
-            probes.cancelled.set()
-            raise
-        return {"released": True}
-
     async def slow(call: Call) -> dict[str, Any]:
         probes.started.set()
         try:
@@ -58,6 +47,11 @@ def build_hub(probes: Probes) -> Hub:
             probes.cancelled.set()
             raise
         return {"released": True}
+
+    async def hang(call: Call) -> dict[str, Any]:
+        """Emits one chunk, then waits until released or cancelled."""
+        await call.emit({"i": 0})
+        return await slow(call)
 
     async def fail(call: Call) -> dict[str, Any]:
         raise ValueError("boom")

@@ -100,3 +100,43 @@ async def test_request_sent_while_daemon_starts_is_answered_once_it_is_up() -> N
             assert await call == {"pong": True}
         finally:
             await server.close(timeout=2)
+
+
+async def test_wait_connected_is_false_while_no_daemon_listens() -> None:
+    rpc = free_endpoint()
+    async with Client(rpc, rpc) as c:
+        assert await c.wait_connected(0.3) is False
+        assert not c.connected
+
+
+async def test_on_link_is_told_when_the_connection_comes_up_and_when_it_drops() -> None:
+    server = make_server(build_hub(Probes()))
+    await server.start()
+    changes: list[bool] = []
+    why: list[str] = []
+    dropped = asyncio.Event()
+
+    def on_link(up: bool) -> None:
+        changes.append(up)
+        if not up:
+            why.append(c.why_down)
+            dropped.set()
+
+    try:
+        async with Client(server.endpoints["rpc"], on_link=on_link) as c:
+            assert await c.wait_connected(5)
+            await server.close(timeout=2)
+            async with asyncio.timeout(5):
+                await dropped.wait()
+            assert changes == [True, False]
+            assert why == ["the connection dropped"]
+    finally:
+        await server.close(timeout=2)
+
+
+async def test_fail_pending_ends_a_stream_in_flight_with_the_given_error(rig: Rig) -> None:
+    async with Client(rig.rpc, timeout=10) as c, c.stream("t.hang") as s:
+        assert await anext(s) == {"i": 0}
+        c.fail_pending(Unavailable("the daemon went away"))
+        with pytest.raises(Unavailable, match="the daemon went away"):
+            await anext(s)

@@ -5,27 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import zmq
 
 from bus.errors import Forbidden
-from tests.conftest import ROOT, DaemonProcess, StartDaemon, clean_env
+from tests.conftest import DaemonProcess, StartDaemon, run_enigmad
 from tests.daemon.raw_client import RawClient
-
-
-def run_enigmad(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        cwd=ROOT,
-        env=clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def assert_store_closed_cleanly(d: DaemonProcess) -> None:

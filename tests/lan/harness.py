@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ class Relay:
     @classmethod
     async def start(cls, node: Node, rpc: str, events: str, server_key: str, key_file: Path) -> Relay:
         args = [sys.executable, "-m", "tests.lan.nsclient", "--rpc", rpc, "--events", events]
-        args += ["--server-key", server_key, "--key-file", str(key_file)]
+        args += [f"--server-key={server_key}", "--key-file", str(key_file)]  # a Z85 key may start with "-"
         proc = await asyncio.create_subprocess_exec(
             *node.exec_prefix(),
             *args,
@@ -159,18 +158,7 @@ def start_daemon(
     log_path = base / f"{name}.log"
     args = [sys.executable, "-X", "faulthandler", "-m", "daemon", "--data-dir", str(data_dir)]
     args += ["--config", str(config_path)]
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [*node.exec_prefix(), *args],
-            cwd=ROOT,
-            env=clean_env(base),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-        )
-    d = DaemonProcess(proc, data_dir, log_path)
-    d.config_path = config_path
+    d = DaemonProcess.spawn([*node.exec_prefix(), *args], data_dir, log_path, clean_env(base), config_path)
     return LanDaemon(name, node, d, kp)
 
 

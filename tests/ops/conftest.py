@@ -24,6 +24,15 @@ from tests.conftest import DaemonLauncher, DaemonProcess
 PART = 1024 * 1024
 
 
+async def chat_to_end(c: Client, body: dict[str, Any]) -> dict[str, Any]:
+    """One ``chat.send`` run to its end; returns the ``end`` body."""
+    async with c.stream("chat.send", body) as s:
+        async for _ in s:
+            pass
+    assert s.result is not None
+    return s.result
+
+
 async def take_backup(c: Client) -> tuple[bytes, dict[str, Any]]:
     """``backup.create`` → (the archive's bytes, the ``end`` body)."""
     parts = []

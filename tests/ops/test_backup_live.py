@@ -15,7 +15,7 @@ import pytest
 
 from clients.sdk import Cancelled, Client, Conflict
 from tests.conftest import StartDaemon
-from tests.ops.conftest import edit_db, members, repack, restore, take_backup, upload
+from tests.ops.conftest import chat_to_end, edit_db, members, repack, restore, take_backup, upload
 from tests.serve.conftest import FakeOllamaThread
 
 
@@ -39,14 +39,6 @@ def fake_ollama() -> Iterator[FakeOllamaThread]:
         yield fake
 
 
-async def _send(c: Client, body: dict[str, Any]) -> dict[str, Any]:
-    async with c.stream("chat.send", body) as s:
-        async for _ in s:
-            pass
-    assert s.result is not None
-    return s.result
-
-
 async def test_backup_during_busy_chat_restores_same_history(
     daemon_factory: StartDaemon, fake_ollama: FakeOllamaThread, tmp_path: Path
 ) -> None:
@@ -54,7 +46,7 @@ async def test_backup_during_busy_chat_restores_same_history(
     config = chat_config(fake_ollama.url)
     src = daemon_factory(config=config, data_dir=tmp_path / "src")
     async with Client(src.rpc, src.events, timeout=20.0) as c:
-        sid = (await _send(c, {"text": "Capital of France?"}))["session_id"]
+        sid = (await chat_to_end(c, {"text": "Capital of France?"}))["session_id"]
         await c.call("module.load", {"name": "echo"})
         fake_ollama.configure(hold=True, reply_tokens=["Rome", " it", " is", "."])
         async with c.stream("chat.send", {"session_id": sid, "text": "And of Italy?"}) as s:
@@ -90,14 +82,14 @@ async def test_newer_chat_schema_is_refused_and_the_chat_history_kept(
     fake_ollama.configure(hold=False, reply_tokens=["Paris", "."])
     d = daemon_factory(config=chat_config(fake_ollama.url), data_dir=tmp_path / "d")
     async with Client(d.rpc, d.events, timeout=20.0) as c:
-        sid = (await _send(c, {"text": "Capital of France?"}))["session_id"]
+        sid = (await chat_to_end(c, {"text": "Capital of France?"}))["session_id"]
         data, _ = await take_backup(c)
         before = await c.call("session.history", {"id": sid})
         newer = repack(data, lambda f: edit_db(f, tmp_path, "INSERT INTO schema_migrations VALUES ('chat', 2, 0)"))
         with pytest.raises(Conflict, match=r"'chat' schema is at version 2, but this enigmad knows only up to 1"):
             await restore(c, newer)
         assert await c.call("session.history", {"id": sid}) == before
-        assert (await _send(c, {"session_id": sid, "text": "Still there?"}))["session_id"] == sid
+        assert (await chat_to_end(c, {"session_id": sid, "text": "Still there?"}))["session_id"] == sid
 
 
 async def test_backup_during_stream_keeps_stream_and_restores_wishes_and_node_id(

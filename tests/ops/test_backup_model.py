@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clients.sdk import Client
 from tests.conftest import StartDaemon
-from tests.ops.conftest import restore, take_backup
+from tests.ops.conftest import chat_to_end, restore, take_backup
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -25,20 +24,12 @@ flush_tokens = 1
 """
 
 
-async def _send(c: Client, body: dict[str, Any]) -> dict[str, Any]:
-    async with c.stream("chat.send", body) as s:
-        async for _ in s:
-            pass
-    assert s.result is not None
-    return s.result
-
-
 async def test_backup_during_a_real_generation_restores_the_history_so_far(
     daemon_factory: StartDaemon, tmp_path: Path
 ) -> None:
     src = daemon_factory(config=CONFIG, data_dir=tmp_path / "src", ready_timeout=240)
     async with Client(src.rpc, src.events, timeout=120.0) as c:
-        sid = (await _send(c, {"text": "What is the capital of France?", "temperature": 0, "max_tokens": 24}))[
+        sid = (await chat_to_end(c, {"text": "What is the capital of France?", "temperature": 0, "max_tokens": 24}))[
             "session_id"
         ]
         story = {"session_id": sid, "text": "Tell me a long story about Paris.", "temperature": 0, "max_tokens": 200}

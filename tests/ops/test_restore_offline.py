@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 from clients.sdk import Client
-from tests.conftest import ROOT, StartDaemon, clean_env
+from tests.conftest import StartDaemon, run_enigmad
 from tests.ops.conftest import take_backup
-
-
-def enigmad(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        cwd=ROOT,
-        env=clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 async def _backup_with_echo(daemon_factory: StartDaemon, data_dir: Path, out: Path) -> str:
@@ -41,7 +27,7 @@ async def test_offline_restore_fills_a_stopped_data_dir(daemon_factory: StartDae
     first = daemon_factory(data_dir=target)  # a daemon that ran here before, with its own node id
     assert first.stop() == 0
 
-    done = enigmad(tmp_path, "restore", "--data-dir", str(target), str(archive))
+    done = run_enigmad(tmp_path, "restore", "--data-dir", str(target), str(archive))
 
     assert done.returncode == 0, done.stderr
     assert f"restored the backup of node {node}" in done.stdout
@@ -59,7 +45,7 @@ async def test_offline_restore_refuses_while_a_daemon_runs(daemon_factory: Start
     running = daemon_factory(data_dir=tmp_path / "live")
     before = running.db_path.read_bytes()
 
-    done = enigmad(tmp_path, "restore", "--data-dir", str(running.data_dir), str(archive))
+    done = run_enigmad(tmp_path, "restore", "--data-dir", str(running.data_dir), str(archive))
 
     assert done.returncode == 1
     assert "a daemon is running on" in done.stderr
@@ -74,7 +60,7 @@ def test_offline_restore_refuses_a_truncated_archive(tmp_path: Path) -> None:
     archive = tmp_path / "cut.tar.gz"
     archive.write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 20)
 
-    done = enigmad(tmp_path, "restore", "--data-dir", str(tmp_path / "d"), str(archive))
+    done = run_enigmad(tmp_path, "restore", "--data-dir", str(tmp_path / "d"), str(archive))
 
     assert done.returncode == 1
     assert "refusing to restore" in done.stderr
@@ -84,7 +70,7 @@ def test_offline_restore_refuses_a_truncated_archive(tmp_path: Path) -> None:
 
 
 def test_offline_restore_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
-    done = enigmad(tmp_path, "restore", "--data-dir", str(tmp_path / "d"), str(tmp_path / "nope.tar.gz"))
+    done = run_enigmad(tmp_path, "restore", "--data-dir", str(tmp_path / "d"), str(tmp_path / "nope.tar.gz"))
 
     assert done.returncode == 2
     assert "no backup file at" in done.stderr

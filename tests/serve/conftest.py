@@ -4,7 +4,6 @@ and a fake Ollama server on its own thread, reachable from a daemon subprocess."
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -13,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, DaemonProcess, clean_env
+from clients.sdk import Client
+from tests.conftest import DaemonProcess, clean_env
 from tests.serve.fake_ollama import FakeOllama
 
 StartDaemon = Callable[..., DaemonProcess]
@@ -112,17 +112,7 @@ def module_daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         args = [sys.executable, "-m", "daemon", "--data-dir", str(data_dir), "--config", str(cfg)]
         args += ["--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0"]
         log_path = tmp / f"enigmad-{n}.log"
-        with open(log_path, "w") as log_file:
-            proc = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=clean_env(tmp),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-            )
-        d = DaemonProcess(proc, data_dir, log_path)
+        d = DaemonProcess.spawn(args, data_dir, log_path, clean_env(tmp))
         started.append(d)
         return d.wait_ready(timeout)
 
@@ -135,3 +125,11 @@ def module_daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 d.kill()
         if d.proc.stdout is not None:
             d.proc.stdout.close()
+
+
+async def send_chat(client: Client, body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """One ``chat.send`` to its end: the text chunks and the end body."""
+    async with client.stream("chat.send", body) as s:
+        chunks = [c["text"] async for c in s]
+    assert s.result is not None
+    return chunks, s.result

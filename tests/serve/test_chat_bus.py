@@ -12,7 +12,7 @@ import pytest
 
 from clients.sdk import BadRequest, Busy, Cancelled, Client, Conflict, NotFound, TooLarge, Unavailable
 from tests.conftest import DaemonProcess
-from tests.serve.conftest import FakeOllamaThread, StartDaemon
+from tests.serve.conftest import FakeOllamaThread, StartDaemon, send_chat
 
 REPLY = ["The", " capital", " is", " Paris", "."]
 
@@ -55,13 +55,6 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
         yield c
 
 
-async def _send(client: Client, body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    async with client.stream("chat.send", body) as s:
-        chunks = [c["text"] async for c in s]
-    assert s.result is not None
-    return chunks, s.result
-
-
 def _last_chat_request(fake: FakeOllamaThread) -> dict[str, Any]:
     chats = [body for _, path, body in fake.requests if path == "/api/chat"]
     assert chats, "the fake Ollama saw no /api/chat request"
@@ -70,7 +63,7 @@ def _last_chat_request(fake: FakeOllamaThread) -> dict[str, Any]:
 
 # -- chat.send ------------------------------------------------------------------------------------------------
 async def test_send_streams_the_reply_and_stores_both_messages(client: Client) -> None:
-    chunks, end = await _send(client, {"text": "What is the capital of France?", "temperature": 0})
+    chunks, end = await send_chat(client, {"text": "What is the capital of France?", "temperature": 0})
     assert "".join(chunks) == "The capital is Paris."
     history = await client.call("session.history", {"id": end["session_id"]})
     roles = [(m["role"], m["text"], m["complete"]) for m in history["messages"]]
@@ -82,21 +75,21 @@ async def test_send_streams_the_reply_and_stores_both_messages(client: Client) -
 
 
 async def test_send_continues_a_session_with_its_history(client: Client, fake_ollama: FakeOllamaThread) -> None:
-    _, first = await _send(client, {"text": "hello"})
-    await _send(client, {"session_id": first["session_id"], "text": "again"})
+    _, first = await send_chat(client, {"text": "hello"})
+    await send_chat(client, {"session_id": first["session_id"], "text": "again"})
     sent = _last_chat_request(fake_ollama)["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
     assert sent[-1]["content"] == "again"
 
 
 async def test_sampling_options_pass_through_to_the_backend(client: Client, fake_ollama: FakeOllamaThread) -> None:
-    await _send(client, {"text": "x", "temperature": 0.3, "top_p": 0.5, "max_tokens": 3, "seed": 7})
+    await send_chat(client, {"text": "x", "temperature": 0.3, "top_p": 0.5, "max_tokens": 3, "seed": 7})
     options = _last_chat_request(fake_ollama)["options"]
     assert (options["temperature"], options["top_p"], options["num_predict"], options["seed"]) == (0.3, 0.5, 3, 7)
 
 
 async def test_ollama_gets_no_sampling_it_was_not_asked_for(client: Client, fake_ollama: FakeOllamaThread) -> None:
-    await _send(client, {"text": "x"})
+    await send_chat(client, {"text": "x"})
     assert set(_last_chat_request(fake_ollama)["options"]) == {"num_predict", "num_ctx"}
     assert (await client.call("llm.stats", {}))["sampling"] == {"max_tokens": 512}
 
@@ -136,7 +129,7 @@ async def test_cancel_keeps_the_partial_reply_marked_incomplete(client: Client, 
 
 
 async def test_regenerate_replaces_the_last_reply(client: Client, fake_ollama: FakeOllamaThread) -> None:
-    _, first = await _send(client, {"text": "q"})
+    _, first = await send_chat(client, {"text": "q"})
     fake_ollama.configure(reply_tokens=["Other", " answer"])
     async with client.stream("chat.regenerate", {"session_id": first["session_id"]}) as s:
         text = "".join([c["text"] async for c in s])
@@ -153,7 +146,7 @@ async def test_regenerate_in_an_empty_session_is_bad_request(client: Client) -> 
 
 async def test_send_to_unknown_session_is_not_found(client: Client) -> None:
     with pytest.raises(NotFound, match="no such session: nope"):
-        await _send(client, {"session_id": "nope", "text": "hi"})
+        await send_chat(client, {"session_id": "nope", "text": "hi"})
     assert (await client.call("sys.ping", {}))["pong"] is True
 
 
@@ -169,18 +162,18 @@ async def test_send_to_unknown_session_is_not_found(client: Client) -> None:
 )
 async def test_bad_sampling_values_are_bad_request(client: Client, field: str, value: Any, message: str) -> None:
     with pytest.raises(BadRequest, match=message) as info:
-        await _send(client, {"text": "hi", field: value})
+        await send_chat(client, {"text": "hi", field: value})
     assert info.value.details == {"field": field}
 
 
 async def test_empty_text_is_bad_request(client: Client) -> None:
     with pytest.raises(BadRequest, match=r"chat\.send: text: '' should be non-empty"):
-        await _send(client, {"text": ""})
+        await send_chat(client, {"text": ""})
 
 
 async def test_message_larger_than_the_context_window_is_too_large(client: Client) -> None:
     with pytest.raises(TooLarge, match="context window of 96 tokens"):
-        await _send(client, {"text": "word " * 400, "max_tokens": 8})
+        await send_chat(client, {"text": "word " * 400, "max_tokens": 8})
 
 
 async def test_context_overflow_drops_oldest_turns_but_keeps_the_system_prompt(
@@ -189,7 +182,7 @@ async def test_context_overflow_drops_oldest_turns_but_keeps_the_system_prompt(
     await client.call("persona.set", {"name": "terse", "system_prompt": "Answer in one word."})
     session = await client.call("session.new", {"persona": "terse"})
     for i in range(4):
-        _, end = await _send(
+        _, end = await send_chat(
             client, {"session_id": session["id"], "text": f"turn {i} " + "filler " * 20, "max_tokens": 8}
         )
     sent = _last_chat_request(fake_ollama)["messages"]
@@ -220,7 +213,7 @@ async def test_session_lifecycle(client: Client) -> None:
 
 
 async def test_deleting_a_session_deletes_its_messages(client: Client) -> None:
-    _, end = await _send(client, {"text": "bye"})
+    _, end = await send_chat(client, {"text": "bye"})
     assert await client.call("session.delete", {"id": end["session_id"]}) == {
         "deleted": end["session_id"],
         "messages": 2,
@@ -246,7 +239,7 @@ async def test_unknown_session_is_not_found(client: Client, method: str, body: d
 async def test_session_list_orders_most_recent_first(client: Client) -> None:
     a = await client.call("session.new", {"title": "a"})
     b = await client.call("session.new", {"title": "b"})
-    await _send(client, {"session_id": a["id"], "text": "bump"})
+    await send_chat(client, {"session_id": a["id"], "text": "bump"})
     ids = [x["id"] for x in (await client.call("session.list", {}))["sessions"]]
     assert ids.index(a["id"]) < ids.index(b["id"])
 
@@ -257,7 +250,7 @@ async def test_persona_system_prompt_and_sampling_defaults_apply(client: Client,
         "persona.set",
         {"name": "pirate", "system_prompt": "Talk like a pirate.", "sampling": {"temperature": 0.9, "top_k": 5}},
     )
-    await _send(client, {"text": "hi", "persona": "pirate", "top_k": 2})
+    await send_chat(client, {"text": "hi", "persona": "pirate", "top_k": 2})
     req = _last_chat_request(fake_ollama)
     assert req["messages"][0] == {"role": "system", "content": "Talk like a pirate."}
     assert (req["options"]["temperature"], req["options"]["top_k"]) == (0.9, 2)  # the request wins over the persona
@@ -323,7 +316,7 @@ async def test_llm_chat_ending_with_an_assistant_message_is_bad_request(client: 
 
 async def test_llm_stats_counts_completed_and_cancelled(client: Client, fake_ollama: FakeOllamaThread) -> None:
     before = await client.call("llm.stats", {})
-    await _send(client, {"text": "one"})
+    await send_chat(client, {"text": "one"})
     fake_ollama.configure(hold=True)
     async with client.stream("llm.generate", {"prompt": "two"}) as s:
         await s.__anext__()
@@ -355,7 +348,7 @@ async def test_ollama_model_load_switches_and_refuses_unknown(client: Client, fa
     assert (await client.call("llm.stats", {}))["state"] == "ready"
     try:
         assert (await client.call("model.load", {"name": "qwen:0.5b"}))["loaded"] == "qwen:0.5b"
-        await _send(client, {"text": "hi"})
+        await send_chat(client, {"text": "hi"})
         assert _last_chat_request(fake_ollama)["model"] == "qwen:0.5b"
     finally:
         await client.call("model.load", {"name": "smollm2:135m"})
@@ -367,7 +360,7 @@ async def test_backend_error_is_reported_and_no_empty_reply_is_stored(
     fake_ollama.configure(models=[])
     session = await client.call("session.new", {})
     with pytest.raises(NotFound, match="model 'smollm2:135m' not found"):
-        await _send(client, {"session_id": session["id"], "text": "anyone?"})
+        await send_chat(client, {"session_id": session["id"], "text": "anyone?"})
     history = (await client.call("session.history", {"id": session["id"]}))["messages"]
     assert [(m["role"], m["text"]) for m in history] == [("user", "anyone?")]
 
@@ -379,7 +372,7 @@ async def test_send_without_an_llm_loaded_is_unavailable(
     d = module_daemon_factory(_config(fake_ollama.url, autoload='"chat"'))
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         with pytest.raises(Unavailable, match="no LLM backend is loaded; load one with `enigma modules load llm`"):
-            await _send(c, {"text": "hi"})
+            await send_chat(c, {"text": "hi"})
         assert (await c.call("session.list", {}))["sessions"] == []
 
 
@@ -391,7 +384,7 @@ async def test_backend_without_preload_loads_at_the_first_request(
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         assert (await c.call("llm.stats", {}))["state"] == "standby"
         async with c.subscribe("llm.state") as states:
-            chunks, _ = await _send(c, {"text": "wake up"})
+            chunks, _ = await send_chat(c, {"text": "wake up"})
             seen = [(await asyncio.wait_for(states.__anext__(), 10)).body["state"] for _ in range(2)]
     assert "".join(chunks) == "The capital is Paris."
     assert seen == ["loading", "ready"]
@@ -404,9 +397,9 @@ async def test_failed_lazy_load_is_unavailable_and_retried(
     fake_ollama.configure(models=["something-else"])
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         with pytest.raises(Unavailable, match=r"the model could not be loaded: Ollama at .* has no model"):
-            await _send(c, {"text": "hi"})
+            await send_chat(c, {"text": "hi"})
         fake_ollama.configure(models=["smollm2:135m"])
-        chunks, _ = await _send(c, {"text": "hi again"})
+        chunks, _ = await send_chat(c, {"text": "hi again"})
     assert "".join(chunks) == "The capital is Paris."
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from clients.sdk import BadRequest, Client, Conflict, Forbidden, NotFound, TooLarge
 from tests.conftest import ROOT, DaemonProcess
-from tests.serve.conftest import StartDaemon
+from tests.serve.conftest import StartDaemon, send_chat
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -46,15 +46,8 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
         yield c
 
 
-async def _send(client: Client, body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    async with client.stream("chat.send", body) as s:
-        chunks = [c["text"] async for c in s]
-    assert s.result is not None
-    return chunks, s.result
-
-
 async def test_ask_answers_the_france_question_with_paris(client: Client) -> None:
-    chunks, end = await _send(client, {"text": FRANCE, "temperature": 0, "max_tokens": 24})
+    chunks, end = await send_chat(client, {"text": FRANCE, "temperature": 0, "max_tokens": 24})
     assert "Paris" in "".join(chunks)
     assert end["usage"]["finish_reason"] == "stop"
     assert end["usage"]["model"] == "smollm2-135m-instruct"
@@ -165,7 +158,7 @@ async def test_client_killed_mid_stream_cancels_its_generation(daemon: DaemonPro
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["completed"] == before["completed"]
     assert after["completion_tokens"] - before["completion_tokens"] < 400
-    _, end = await _send(client, {"text": FRANCE, "temperature": 0, "max_tokens": 12})  # still serving
+    _, end = await send_chat(client, {"text": FRANCE, "temperature": 0, "max_tokens": 12})  # still serving
     assert end["usage"]["finish_reason"] in ("stop", "length")
 
 
@@ -175,7 +168,7 @@ async def test_context_overflow_drops_oldest_turns_and_keeps_the_persona(client:
     filler = "Tell me about rivers, mountains and lakes of Europe. " * 12
     usages = []
     for i in range(4):
-        _, end = await _send(
+        _, end = await send_chat(
             client, {"session_id": session["id"], "text": f"Turn {i}. {filler}", "temperature": 0, "max_tokens": 4}
         )
         usages.append(end["usage"]["context"])
@@ -247,7 +240,7 @@ async def test_model_add_load_and_remove_switch_the_serving_model(client: Client
     assert marked == {"smollm2-135m-instruct": False, "smol-copy": True}
     with pytest.raises(Conflict, match="model 'smol-copy' is loaded; load another model before removing it"):
         await client.call("model.remove", {"name": "smol-copy"})
-    _, end = await _send(client, {"text": FRANCE, "temperature": 0, "max_tokens": 12})
+    _, end = await send_chat(client, {"text": FRANCE, "temperature": 0, "max_tokens": 12})
     assert end["usage"]["model"] == "smol-copy"
     await client.call("model.load", {"name": "smollm2-135m-instruct"}, timeout=120)
     assert await client.call("model.remove", {"name": "smol-copy"}) == {"removed": "smol-copy"}

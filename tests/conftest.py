@@ -213,3 +213,11 @@ def daemon_factory(tmp_path: Path) -> Iterator[StartDaemon]:
 def daemon(daemon_factory: StartDaemon) -> DaemonProcess:
     """One enigmad with default config on free loopback ports."""
     return daemon_factory()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background of a non-interactive shell (as CI may start it) inherits SIGINT
+    ignored, and so would every process the tests start: a child that ignores SIGINT at start-up never turns
+    Ctrl-C into KeyboardInterrupt. Tests that press Ctrl-C need the ordinary disposition in their children."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -93,7 +93,9 @@ class Proc:
     """A server subprocess; waits for its ready line and parses the endpoints from it."""
 
     def __init__(self, argv: list[str], ready_word: str) -> None:
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        # No model: the bus is what is measured (a configured autoload list would still win).
+        env = {**os.environ, "ENIGMA_DEFAULT_AUTOLOAD": ""}
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
         assert self.p.stdout is not None
         deadline = time.monotonic() + 60
         for line in self.p.stdout:

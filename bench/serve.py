@@ -46,10 +46,16 @@ class InProcess:
     """The baseline: the engine and its scheduler in this process, no daemon, no bus."""
 
     def __init__(self, max_batch: int, context: int) -> None:
+        import torch
+
         from engine.loader import default_model_path, load_model
+        from engine.quant import prepare_for_inference
         from engine.scheduler import Scheduler
 
         loaded = load_model(default_model_path(), max_seq_len=context)
+        # The same kernels the daemon's native backend picks by default (kernels = "auto").
+        with torch.no_grad():
+            prepare_for_inference(loaded.model, "auto", loaded.source)
         self.tok = loaded.tokenizer
         self.ids = self.tok.encode(PROMPT, add_bos=self.tok.add_bos)
         self.sched = Scheduler(loaded.model, self.tok, max_batch, max_seq=context).start()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from bus.auth import fingerprint
 from bus.errors import BadRequest, Unavailable
 from clients.app.store import DaemonEntry
 from tests.app.conftest import Views, wait_until
-from tests.conftest import ROOT, DaemonProcess, StartDaemon, clean_env
+from tests.conftest import DaemonProcess, StartDaemon, run_enigmad
 from tests.mqtt.broker import free_port
 
 
@@ -85,15 +83,8 @@ async def test_bad_manual_address_is_refused_with_reason(views: Views) -> None:
 
 
 def _enigmad_keys(data_dir: Path, tmp_path: Path, *args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "daemon", "--data-dir", str(data_dir), "keys", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(tmp_path),
-        cwd=ROOT,
-        check=True,
-    )
+    r = run_enigmad(tmp_path, "--data-dir", str(data_dir), "keys", *args)
+    assert r.returncode == 0, r.stderr
     return r.stdout
 
 

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import Run
-from tests.conftest import ROOT, DaemonProcess, StartDaemon, clean_env
+from tests.conftest import DaemonProcess, StartDaemon, run_enigmad
 
 
 def _enigmad_keys(data_dir: Path, tmp_path: Path, *args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "daemon", "--data-dir", str(data_dir), "keys", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(tmp_path),
-        cwd=ROOT,
-        check=True,
-    )
+    r = run_enigmad(tmp_path, "--data-dir", str(data_dir), "keys", *args)
+    assert r.returncode == 0, r.stderr
     return r.stdout
 
 

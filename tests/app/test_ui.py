@@ -8,6 +8,7 @@ files to see the app at phone size (360×780) and desktop size (1280×800).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shlex
 import struct
@@ -20,7 +21,7 @@ import pytest
 
 from bus.auth import fingerprint
 from clients.robot.node import RobotNode
-from clients.sdk import Client
+from clients.sdk import Client, Subscription
 from tests.conftest import ROOT, DaemonProcess, StartDaemon, clean_env
 
 pytest.importorskip("kivy")
@@ -122,10 +123,26 @@ async def test_desktop_conversation_shows_the_streamed_reply(model_daemon: Daemo
     assert any(label.endswith("conversations") for label in result["labels"])
 
 
+async def _wait_listed(c: Client, sub: Subscription, robot_id: str, within: float = 15.0) -> None:
+    """The daemon learns of the robot from its MQTT announcement, some time after both have started: wait for
+    the robot.state event that says so, re-asking robot.list in case it came before our subscription was live."""
+    async with asyncio.timeout(within):
+        while True:
+            listed = await c.call("robot.list")
+            if any(r["id"] == robot_id and r.get("online") for r in listed["robots"]):
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    async for ev in sub:
+                        if ev.body.get("id") == robot_id:
+                            break
+
+
 async def test_estop_is_in_the_top_bar_while_a_robot_moves_and_stops_it(
     robots_daemon: DaemonProcess, robot: RobotNode, tmp_path: Path
 ) -> None:
     async with Client(robots_daemon.rpc, robots_daemon.events) as c, c.subscribe("robot.state") as sub:
+        await _wait_listed(c, sub, "rover")
         await c.call("robot.command", {"id": "rover", "action": "move", "params": {"speed": 0.2, "distance": 1}})
         async with asyncio.timeout(15):
             async for ev in sub:

@@ -6,7 +6,6 @@ expensive part, so the app's tests share it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,21 +81,6 @@ def model_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPro
         yield launcher.start(config=MODEL_CONFIG, ready_timeout=120.0)
     finally:
         launcher.stop_all()
-
-
-async def wait_until(vm: Any, check: Callable[[], bool], within: float = 20.0, what: str = "condition") -> None:
-    """Wait for ``check()`` to hold, re-checking on every change ``vm`` notifies (no polling, no sleeps)."""
-    changed = asyncio.Event()
-    unbind = vm.bind(lambda _what, _detail: changed.set())
-    try:
-        async with asyncio.timeout(within):
-            while not check():
-                changed.clear()
-                await changed.wait()
-    except TimeoutError:
-        raise AssertionError(f"timed out after {within}s waiting for {what}") from None
-    finally:
-        unbind()
 
 
 @pytest.fixture

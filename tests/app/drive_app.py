@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.app.waiting import wait_until as until
+
 QUESTION = "What is the capital of France?"
 
 
@@ -29,20 +31,6 @@ async def frames(n: int = 3) -> None:
         fut = loop.create_future()
         Clock.schedule_once(lambda _dt, f=fut: f.done() or f.set_result(None), 0)
         await fut
-
-
-async def until(vm: Any, check: Any, within: float, what: str) -> None:
-    changed = asyncio.Event()
-    unbind = vm.bind(lambda *_: changed.set())
-    try:
-        async with asyncio.timeout(within):
-            while not check():
-                changed.clear()
-                await changed.wait()
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-    finally:
-        unbind()
 
 
 def labels(widget: Any) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from clients.sdk import Client
-from tests.app.conftest import Views, wait_until
+from tests.app.conftest import Views
+from tests.app.waiting import wait_until
 from tests.conftest import DaemonProcess, StartDaemon
 from tests.mqtt.broker import free_port
 

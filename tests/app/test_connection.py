@@ -12,7 +12,8 @@ import pytest
 from bus.auth import fingerprint
 from bus.errors import BadRequest, Unavailable
 from clients.app.store import DaemonEntry
-from tests.app.conftest import Views, wait_until
+from tests.app.conftest import Views
+from tests.app.waiting import wait_until
 from tests.conftest import DaemonProcess, StartDaemon, run_enigmad
 from tests.mqtt.broker import free_port
 

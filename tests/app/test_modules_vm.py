@@ -7,7 +7,8 @@ import pytest
 from clients.app.viewmodels import ModulesVM
 from clients.app.viewmodels.modules import ModuleRow, format_bytes
 from clients.sdk import Client
-from tests.app.conftest import Views, wait_until
+from tests.app.conftest import Views
+from tests.app.waiting import wait_until
 from tests.conftest import DaemonProcess, StartDaemon
 from tests.mqtt.broker import free_port
 

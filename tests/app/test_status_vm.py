@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clients.robot.node import RobotNode
-from tests.app.conftest import Views, wait_until
+from tests.app.conftest import Views
+from tests.app.waiting import wait_until
 from tests.conftest import DaemonProcess
 
 

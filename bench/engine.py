@@ -98,9 +98,14 @@ class NoStop:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def bench_native(model, tok, prompt: list[int], n_decode: int, repeats: int) -> Row:
+def bench_native(model, tok, prompt: list[int], n_decode: int, repeats: int, compiled: bool = False) -> Row:
+    from engine.compile import compile_decode
 
     model.setup_cache(1, len(prompt) + n_decode + 8)
+    notes = []
+    if compiled:
+        report = compile_decode(model, "on", batch_sizes=(1,))
+        notes.append(f"compile {report['compile_s']}s")
     ids = torch.tensor([prompt])
     pos = torch.arange(len(prompt)).unsqueeze(0)
 
@@ -121,6 +126,7 @@ def bench_native(model, tok, prompt: list[int], n_decode: int, repeats: int) -> 
         cpu_ms=statistics.median(c for _, c in steps) * 1000,
         ttft_ms=ttft * 1000,
         rss_mb=weights_mb(model),
+        notes=notes,
     )
 
 
@@ -254,23 +260,44 @@ def bench_llamacpp(path: Path, prompt: list[int], n_decode: int, threads: int, r
     return row, other
 
 
-def bench_scheduler(model, tok, n_decode: int, levels: list[int], repeats: int) -> dict[int, float]:
+def bench_scheduler(
+    model, tok, n_decode: int, levels: list[int], repeats: int, compiled: bool = False
+) -> dict[int, float]:
+    """Aggregate tokens/s of ``levels`` concurrent requests. The scheduler serves on this (main) thread, which
+    loaded the model, as the daemon's engine thread does (``Scheduler.run``); a client thread submits."""
+    import threading
+
+    from engine.compile import compile_decode
     from engine.sampling import SamplingParams
     from engine.scheduler import Scheduler
 
     out: dict[int, float] = {}
     texts = [TEXT[i * 7 : i * 7 + 120] for i in range(max(levels))]
     prompts = [tok.encode(t) for t in texts]
-    for n in levels:
-        model.drop_cache()
-        with Scheduler(model, NoStop(tok), max_batch=max(levels), max_seq=512) as sched:
+    model.drop_cache()
+    sched = Scheduler(model, NoStop(tok), max_batch=max(levels), max_seq=512)
+    if compiled:
+        compile_decode(model, "on", batch_sizes=(1, 2))
+    failure: list[BaseException] = []
+
+    def client() -> None:
+        try:
             sched.submit(prompts[0], SamplingParams(temperature=0.0, max_tokens=4)).collect()  # warm up
-            for _ in range(repeats):
-                t = time.perf_counter()
-                params = SamplingParams(temperature=0.0, max_tokens=n_decode)
-                handles = [sched.submit(prompts[i], params) for i in range(n)]
-                total = sum(h.collect()[1].completion_tokens for h in handles)
-                out[n] = max(out.get(n, 0.0), total / (time.perf_counter() - t))
+            for n in levels:
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    params = SamplingParams(temperature=0.0, max_tokens=n_decode)
+                    handles = [sched.submit(prompts[i], params) for i in range(n)]
+                    total = sum(h.collect()[1].completion_tokens for h in handles)
+                    out[n] = max(out.get(n, 0.0), total / (time.perf_counter() - t))
+        except BaseException as exc:  # re-raised below, on the main thread
+            failure.append(exc)
+        finally:
+            sched.stop(timeout=0)
+
+    sched.run(ready=threading.Thread(target=client, daemon=True).start)
+    if failure:
+        raise failure[0]
     return out
 
 
@@ -285,7 +312,9 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--modes", default="fp32,int8,int4,gguf", help="native modes to run")
+    ap.add_argument(
+        "--modes", default="fp32,int8,int4,gguf,compiled", help="native modes (compiled: gguf + compiled decode)"
+    )
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--concurrency", default="1,4,8")
@@ -318,14 +347,16 @@ def main() -> None:
         t = time.perf_counter()
         if mode in ("int8", "int4"):
             quantize_model(model, mode, group_size=32)
-        elif mode == "gguf":
+        elif mode in ("gguf", "compiled"):
             quantize_from_gguf(model, path)
         elif mode != "fp32":
             raise SystemExit(f"unknown mode {mode}")
         q_s = time.perf_counter() - t
         gc.collect()
-        row = bench_native(model, tok, prompt, args.decode_tokens, args.repeats)
-        row.name = f"native {mode}" + (" (Q4_1 blocks→int4)" if mode == "gguf" else "")
+        row = bench_native(model, tok, prompt, args.decode_tokens, args.repeats, compiled=mode == "compiled")
+        row.name = {"gguf": "native gguf (Q4_1 blocks→int4)", "compiled": "native gguf + compiled decode"}.get(
+            mode, f"native {mode}"
+        )
         if mode != "fp32":
             row.notes.append(logits_vs(ref_logits, native_last_logits(model, tok, EVAL_PROMPTS)))
             row.notes.append(f"quantize {q_s:.1f}s")
@@ -369,13 +400,11 @@ def main() -> None:
     print(f"peak RSS of the whole run: {peak_rss_mb():.0f} MB")
 
     levels = [int(x) for x in args.concurrency.split(",")]
-    sched_mode = "gguf" if "gguf" in models else next(iter(models))
-    agg = bench_scheduler(models[sched_mode], tok, args.decode_tokens, levels, args.repeats)
-    print(
-        f"\nscheduler ({sched_mode}), {args.decode_tokens} tokens per request, aggregate tokens/s (prefill included):"
-    )
-    for n, v in agg.items():
-        print(f"  {n} concurrent: {v:7.1f} tok/s  ({ratio(v, agg[levels[0]])} vs {levels[0]} concurrent)")
+    for mode in [m for m in ("gguf", "compiled") if m in models] or [next(iter(models))]:
+        agg = bench_scheduler(models[mode], tok, args.decode_tokens, levels, args.repeats, mode == "compiled")
+        print(f"\nscheduler ({mode}), {args.decode_tokens} tokens per request, aggregate tokens/s (prefill included):")
+        for n, v in agg.items():
+            print(f"  {n} concurrent: {v:7.1f} tok/s  ({ratio(v, agg[levels[0]])} vs {levels[0]} concurrent)")
 
 
 if __name__ == "__main__":

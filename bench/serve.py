@@ -46,19 +46,39 @@ class InProcess:
     """The baseline: the engine and its scheduler in this process, no daemon, no bus."""
 
     def __init__(self, max_batch: int, context: int) -> None:
+        import threading
+
+        self._failure: list[BaseException] = []
+        ready = threading.Event()
+        # As the daemon's native backend does: one engine thread loads, prepares, compiles and serves.
+        self._thread = threading.Thread(target=self._engine, args=(max_batch, context, ready), daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._failure:
+            raise self._failure[0]
+
+    def _engine(self, max_batch: int, context: int, ready: Any) -> None:
         import torch
 
+        from engine.compile import compile_decode
         from engine.loader import default_model_path, load_model
         from engine.quant import prepare_for_inference
         from engine.scheduler import Scheduler
 
-        loaded = load_model(default_model_path(), max_seq_len=context)
-        # The same kernels the daemon's native backend picks by default (kernels = "auto").
-        with torch.no_grad():
-            prepare_for_inference(loaded.model, "auto", loaded.source)
-        self.tok = loaded.tokenizer
-        self.ids = self.tok.encode(PROMPT, add_bos=self.tok.add_bos)
-        self.sched = Scheduler(loaded.model, self.tok, max_batch, max_seq=context).start()
+        try:
+            loaded = load_model(default_model_path(), max_seq_len=context)
+            # The same kernels and compiled step the daemon's native backend picks by default.
+            with torch.no_grad():
+                prepare_for_inference(loaded.model, "auto", loaded.source)
+            self.tok = loaded.tokenizer
+            self.ids = self.tok.encode(PROMPT, add_bos=self.tok.add_bos)
+            self.sched = Scheduler(loaded.model, self.tok, max_batch, max_seq=context)
+            compile_decode(loaded.model, "auto", batch_sizes=(1, 2))
+        except BaseException as exc:  # re-raised by __init__
+            self._failure.append(exc)
+            ready.set()
+            return
+        self.sched.run(ready=ready.set)
 
     def stream(self, tokens: int) -> Run:
         """Same tuple as ``bus_stream``, consuming the handle with its blocking iterator."""
@@ -87,6 +107,7 @@ class InProcess:
 
     def close(self) -> None:
         self.sched.stop()
+        self._thread.join(10)
 
 
 def aggregate(results: list[Run]) -> float:

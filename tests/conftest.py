@@ -123,6 +123,9 @@ def clean_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     # A daemon under test loads no model unless the test configures modules.autoload itself.
     env["ENIGMA_DEFAULT_AUTOLOAD"] = ""
+    # Compiling the decode step costs tens of seconds per model load; the serving tests' main daemon (and
+    # tests/engine/test_compile.py) exercise it, the many other daemons that load a model stay eager.
+    env["ENIGMA_MODULES__LLM__COMPILE"] = "off"
     env.update(extra or {})
     return env
 

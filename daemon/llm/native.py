@@ -1,6 +1,8 @@
 """The native PyTorch engine as a backend: the model on the batching scheduler's worker thread.
 
-Loading (reading and dequantising the file) runs in a worker thread so the loop keeps serving. Each
+One engine thread per model does all of its torch work — loading, quantizing, compiling the decode step, then
+serving the scheduler until unload — so the loop keeps serving meanwhile, and torch's OpenMP runtime sees a
+single team of threads (two teams on a small box cost half the decode speed: ``Scheduler.run``). Each
 generation is one ``engine.scheduler`` request; its handle feeds an ``asyncio.Queue`` on our loop through
 ``call_soon_threadsafe``, which ``NativeGeneration`` reads directly — no extra hop, no polling. ``cancel()``
 sets the handle's flag, which the scheduler checks before its next decode step.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -66,7 +70,10 @@ class NativeBackend(Backend):
     """Options (``[modules.llm]``): ``model``, ``max_batch`` (8), ``context_length`` (the model's, capped by
     this), ``max_queue`` (256), ``dtype`` (``float32`` | ``bfloat16``), ``kernels`` (``auto``: the fastest
     weight-only quantized kernels — a GGUF's Q4 blocks load into them unchanged; ``float``; ``int8``; ``int4``;
-    ``none`` keeps the plain float model, exactly as loaded)."""
+    ``none`` keeps the plain float model, exactly as loaded), ``compile`` (``auto``: compile the decode step
+    with ``torch.compile`` when a C++ compiler is present, else stay eager; ``on``: fail the load if it cannot;
+    ``off``). Compiling takes tens of seconds the first time; the compiled kernels are cached under
+    ``$CACHE_DIRECTORY`` (systemd) or ``$XDG_CACHE_HOME/enigma``, so later starts take a few."""
 
     kind: ClassVar[str] = "native"
 
@@ -80,6 +87,10 @@ class NativeBackend(Backend):
         self.kernels = str(options.get("kernels", "auto"))
         if self.kernels not in ("auto", "float", "int8", "int4", "none"):
             raise ValueError(f"kernels must be auto, float, int8, int4 or none, got {self.kernels!r}")
+        self.compile = str(options.get("compile", "auto"))
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+        self._thread: threading.Thread | None = None
         self.path: Path | None = None
         self.scheduler: Scheduler | None = None
         self.tokenizer: Tokenizer | None = None
@@ -91,11 +102,37 @@ class NativeBackend(Backend):
             from engine.loader import DEFAULT_MODEL_NAME
 
             self.model = DEFAULT_MODEL_NAME  # report the store's name for it, as model.list does
-        self.scheduler, self.tokenizer = await asyncio.to_thread(self._load_blocking, self.path)
+        loop = asyncio.get_running_loop()
+        built: asyncio.Future[tuple[Scheduler, Tokenizer]] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._engine_main, args=(self.path, loop, built), name=f"engine-{self.model}", daemon=True
+        )
+        self._thread.start()
+        self.scheduler, self.tokenizer = await built
+
+    def _engine_main(self, path: Path, loop: asyncio.AbstractEventLoop, built: asyncio.Future[Any]) -> None:
+        """The engine thread: load and prepare, then serve until ``unload`` stops the scheduler."""
+
+        def settle(result: Any, exc: BaseException | None) -> None:  # on the loop
+            if built.done():  # the load was cancelled meanwhile: nobody will unload what we built
+                if result is not None:
+                    result[0].stop(timeout=0)
+            elif exc is not None:
+                built.set_exception(exc)
+            else:
+                built.set_result(result)
+
+        try:
+            scheduler, tokenizer = self._load_blocking(path)
+        except BaseException as exc:  # reported to load()'s caller, which turns it into the module's error
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        scheduler.run(ready=lambda: loop.call_soon_threadsafe(settle, (scheduler, tokenizer), None))
 
     def _load_blocking(self, path: Path) -> tuple[Scheduler, Tokenizer]:
         import torch
 
+        from engine.compile import compile_decode
         from engine.loader import load_model
         from engine.scheduler import Scheduler
 
@@ -114,16 +151,27 @@ class NativeBackend(Backend):
         scheduler = Scheduler(
             loaded.model, loaded.tokenizer, self.max_batch, max_queue=self.max_queue, max_seq=self.context_length
         )
-        scheduler.start()
+        report = compile_decode(
+            loaded.model, self.compile, batch_sizes=(1, min(2, self.max_batch)), cache_dir=compile_cache_dir()
+        )
+        self.meta["compiled"] = report["compiled"]
         log.info(
-            "loaded %s (%s), context %d, max_batch %d", path, loaded.config.arch, self.context_length, self.max_batch
+            "loaded %s (%s), context %d, max_batch %d, decode step %s",
+            path,
+            loaded.config.arch,
+            self.context_length,
+            self.max_batch,
+            f"compiled in {report['compile_s']} s" if report["compiled"] else f"eager ({report['reason']})",
         )
         return scheduler, loaded.tokenizer
 
     async def unload(self) -> None:
         scheduler, self.scheduler = self.scheduler, None
+        thread, self._thread = self._thread, None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.stop)
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 10.0)
 
     def _tok(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -167,6 +215,14 @@ class NativeBackend(Backend):
             "max_batch": self.max_batch,
             **self.meta,
         }
+
+
+def compile_cache_dir() -> Path:
+    """Where Inductor keeps compiled kernels between starts: systemd's CacheDirectory, else the XDG cache."""
+    if os.environ.get("CACHE_DIRECTORY"):
+        return Path(os.environ["CACHE_DIRECTORY"].split(":")[0]) / "inductor"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "enigma" / "inductor"
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:

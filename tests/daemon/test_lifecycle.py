@@ -135,7 +135,8 @@ def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     effective = json.loads(out.stdout)
     assert effective["daemon"]["rpc"] == "tcp://127.0.0.1:7799"
-    assert effective["modules"] == {"autoload": ["echo"], "echo": {"greeting": "hi"}}
+    # clean_env's ENIGMA_MODULES__LLM__COMPILE=off is there too: the environment layers over the file
+    assert effective["modules"] == {"autoload": ["echo"], "echo": {"greeting": "hi"}, "llm": {"compile": "off"}}
 
 
 def test_check_config_names_the_bad_key_and_file_and_exits_2(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -175,6 +176,42 @@ def test_stop_cancels_requests_in_flight(tok) -> None:
     s.stop()
     assert running.collect(TIMEOUT)[1].finish_reason == "cancelled"
     assert queued.collect(TIMEOUT)[1].finish_reason == "cancelled"
+
+
+def test_run_serves_on_the_calling_thread_until_stop(tok) -> None:
+    s = Scheduler(tiny_model(max_batch=2, max_seq=512), tok, max_batch=2)
+    results: list[object] = []
+    serving_threads: list[threading.Thread] = []
+
+    def client() -> None:
+        try:
+            serving_threads.append(s._serving_thread)  # type: ignore[arg-type]
+            handle = s.submit(tok.encode("hello"), SamplingParams(temperature=0.0, max_tokens=6))
+            results.append(handle.collect(TIMEOUT))
+            long = s.submit(tok.encode("hello"), SamplingParams(temperature=0.0, max_tokens=400))
+            first_event(long)
+            s.stop()  # from another thread: returns once the serving loop has finished
+            results.append(long.collect(TIMEOUT)[1].finish_reason)
+        except BaseException as exc:
+            results.append(exc)
+            s.stop(timeout=0)
+
+    worker = threading.Thread(target=client)
+    s.run(ready=worker.start)  # returns when the client stops it
+    worker.join(TIMEOUT)
+    assert serving_threads == [threading.current_thread()]
+    text, usage = results[0]  # type: ignore[misc]
+    assert usage.completion_tokens == 6
+    alone = single(tiny_model(max_batch=1, max_seq=512), tok, "hello", SamplingParams(temperature=0.0, max_tokens=6))
+    assert text == alone[0]
+    assert results[1] == "cancelled"
+    with pytest.raises(SchedulerStopped):
+        s.submit([1, 2], SamplingParams())
+
+
+def test_run_while_serving_is_refused(sched: Scheduler) -> None:
+    with pytest.raises(RuntimeError, match="the scheduler is already serving"):
+        sched.run()
 
 
 def test_stats_count_requests_tokens_and_steps(sched: Scheduler, tok) -> None:

@@ -104,7 +104,9 @@ def module_daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     started: list[DaemonProcess] = []
     counter = iter(range(1000))
 
-    def start(config: str, *, data_dir: Path | None = None, timeout: float = 120.0) -> DaemonProcess:
+    def start(
+        config: str, *, data_dir: Path | None = None, timeout: float = 120.0, env: dict[str, str] | None = None
+    ) -> DaemonProcess:
         n = next(counter)
         data_dir = data_dir or tmp / f"data-{n}"
         cfg = tmp / f"enigmad-{n}.toml"
@@ -112,7 +114,7 @@ def module_daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         args = [sys.executable, "-m", "daemon", "--data-dir", str(data_dir), "--config", str(cfg)]
         args += ["--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0"]
         log_path = tmp / f"enigmad-{n}.log"
-        d = DaemonProcess.spawn(args, data_dir, log_path, clean_env(tmp))
+        d = DaemonProcess.spawn(args, data_dir, log_path, clean_env(tmp, env))
         started.append(d)
         return d.wait_ready(timeout)
 

@@ -37,7 +37,8 @@ FRANCE = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def daemon(module_daemon_factory: StartDaemon) -> DaemonProcess:
-    return module_daemon_factory(CONFIG)
+    """The default model as ``./scripts/serve`` runs it: quantized kernels and the compiled decode step."""
+    return module_daemon_factory(CONFIG, env={"ENIGMA_MODULES__LLM__COMPILE": "on"}, timeout=600.0)
 
 
 @pytest.fixture
@@ -208,6 +209,12 @@ async def test_model_list_marks_the_default_model_loaded(client: Client) -> None
 async def test_model_show_describes_the_default_model(client: Client) -> None:
     info = await client.call("model.show", {"name": "smollm2-135m-instruct"})
     assert (info["format"], info["arch"]) == ("gguf", "llama")
+
+
+async def test_the_served_model_runs_the_compiled_decode_step(client: Client, daemon: DaemonProcess) -> None:
+    llm = next(m for m in (await client.call("module.list"))["modules"] if m["name"] == "llm")
+    assert (llm["info"]["kernels"]["mode"], llm["info"]["compiled"]) == ("gguf", True)
+    assert "decode step compiled in" in daemon.log()
 
 
 @pytest.mark.parametrize(

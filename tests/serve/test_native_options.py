@@ -1,0 +1,40 @@
+"""The native backend's options are checked when the module is configured, before any model is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.llm.native import NativeBackend, compile_cache_dir
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kernels": "int3"}, "kernels must be auto, float, int8, int4 or none, got 'int3'"),
+        ({"compile": "fast"}, "compile must be auto, on or off, got 'fast'"),
+        ({"compile": True}, "compile must be auto, on or off, got 'True'"),
+    ],
+)
+def test_bad_native_options_are_refused(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NativeBackend("default", options, tmp_path)
+
+
+def test_defaults_are_auto_kernels_and_auto_compile(tmp_path: Path) -> None:
+    backend = NativeBackend("default", {}, tmp_path)
+    assert (backend.kernels, backend.compile, backend.max_batch) == ("auto", "auto", 8)
+
+
+def test_compiled_kernels_live_in_systemds_cache_directory_or_the_xdg_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHE_DIRECTORY", f"{tmp_path}/sys:{tmp_path}/other")
+    assert compile_cache_dir() == tmp_path / "sys" / "inductor"
+    monkeypatch.delenv("CACHE_DIRECTORY")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache_dir() == tmp_path / "xdg" / "enigma" / "inductor"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compile_cache_dir() == tmp_path / "home" / ".cache" / "enigma" / "inductor"

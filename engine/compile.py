@@ -6,18 +6,20 @@ Python and dispatcher overhead. Inductor fuses those element-wise chains into a 
 loops and calls the matmul kernels directly; on SmolLM2-135M it takes a decode step from about 14 ms to 9
 (``bench/engine.py``). Prefill is left eager: it is dominated by the matmuls already.
 
-The price is a compile when a model loads (tens of seconds cold on two cores), so:
+The price is a compile when a model loads (SmolLM2 for one row and for batches: 75–100 s on two cores with an
+empty cache, 15–20 s from the cache), so:
 
 - ``compile_decode`` warms the graphs up at load time, on the model's own KV cache (the scratch positions it
   writes are overwritten by the next prefill before anything reads them), for one row and for a batch, so no
   request ever waits for a compile.
-- Inductor's on-disk cache lives where the caller says (the daemon's cache directory): a restart reuses it and
-  compiles in a few seconds.
+- Inductor's on-disk cache lives where the caller says (the daemon's cache directory), which a restart reuses.
 - Anything that goes wrong — no C++ compiler on a Pi, an Inductor bug — leaves the model in eager mode and
   says why in the report, unless compilation was demanded.
 
-Graphs are specialised on grad mode: every step runs under ``torch.inference_mode`` (as the scheduler does) so
-a caller's mode can never trigger a silent recompile.
+One compiled model per process: compiling one drops the compiled steps of any other (``torch.compiler.reset``),
+so a daemon that switches models neither piles up graphs against Dynamo's recompile limit nor keeps an
+unloaded model's graphs alive. Graphs are specialised on grad mode: every step runs under
+``torch.inference_mode`` (as the scheduler does) so a caller's mode can never trigger a silent recompile.
 """
 
 from __future__ import annotations
@@ -77,9 +79,8 @@ def compile_decode(
 
     import torch._inductor.config as inductor_config
 
-    # One process, no worker pool: on a small box the pool's start-up costs more than it saves, and the daemon
-    # should not leave compiler workers behind.
-    inductor_config.compile_threads = 1
+    inductor_config.compile_threads = 1  # compile in this process: no pool of compiler workers left behind
+    torch.compiler.reset()
     compiled = torch.compile(model.forward_positions, dynamic=True)
 
     def step(tokens: Tensor, input_pos: Tensor, slot: int, length: int, last_only: bool) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 import engine.compile as compile_mod
 from engine.compile import CompileFailed, compile_decode
 from engine.generate import Usage, generate
+from engine.model import decode_attention
 from engine.quant import quantize_model
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
@@ -152,3 +153,17 @@ def test_cache_dir_is_where_inductor_writes(tmp_path, monkeypatch) -> None:
     assert compile_decode(tiny_model(max_batch=1), "on", cache_dir=target)["compiled"] is True
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(target)
     assert target.is_dir()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_attention_equals_sdpa(rows: int) -> None:
+    torch.manual_seed(rows)
+    q, cache = torch.randn(rows, 6, 1, 16), torch.randn(2, rows, 2, 40, 16)
+    k, v = cache[0, :, :, :25], cache[1, :, :, :25]  # views of a longer cache, as the model passes them
+    mask = None
+    if rows > 1:  # rows of different lengths: keys past a row's position are masked out
+        lengths = torch.tensor([25, 10, 17])
+        mask = torch.zeros(rows, 1, 1, 25).masked_fill_(torch.arange(25) >= lengths[:, None, None, None], -torch.inf)
+    got = decode_attention(q, k, v, mask).reshape(rows, 6, 1, 16)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert (got - want).abs().max().item() < 1e-5

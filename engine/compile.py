@@ -97,7 +97,10 @@ def compile_decode(
             got = step(tokens, pos, 0, 2, True)
             with torch.inference_mode():
                 want = model.forward_positions(tokens, pos, 0, 2, True)
-            if not torch.isfinite(got).all() or not torch.allclose(got, want, atol=0.5, rtol=0.05):
+            # A broken compile gives unrelated logits; a sound one differs in the rounding of its fused bf16 casts
+            # (max |Δ| 3.6 on logits of 33 seen at a scratch position, cosine 0.9989).
+            agree = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1), dim=-1)
+            if not torch.isfinite(got).all() or bool((agree < 0.99).any()):
                 raise CompileFailed(f"the compiled step disagrees with eager at batch {b}")
     except Exception as exc:  # an Inductor failure is any exception type; eager still works
         return _give_up(mode, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")

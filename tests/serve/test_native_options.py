@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.llm.native import NativeBackend, compile_cache_dir
+from engine.errors import ModelFileError
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,27 @@ def test_compiled_kernels_live_in_systemds_cache_directory_or_the_xdg_cache(
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert compile_cache_dir() == tmp_path / "home" / ".cache" / "enigma" / "inductor"
+
+
+@pytest.mark.model
+async def test_default_context_is_capped_and_the_engine_thread_ends_with_unload(tmp_path: Path) -> None:
+    backend = NativeBackend("default", {"compile": "off", "max_batch": 2}, tmp_path)
+    await backend.load()
+    thread = backend._thread
+    assert thread is not None
+    assert thread.is_alive()
+    assert backend.scheduler is not None
+    assert backend.context_length == 4096  # SmolLM2 says 8192: the cache would be twice as large
+    assert backend.scheduler.model.cache_info.max_seq == 4096
+    assert backend.meta["compiled"] is False
+    await backend.unload()
+    assert not thread.is_alive()
+
+
+async def test_a_load_failure_on_the_engine_thread_reaches_the_caller(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    backend = NativeBackend(str(bad), {"compile": "off"}, tmp_path)
+    with pytest.raises(ModelFileError, match=r"bad\.gguf is truncated or corrupt"):
+        await backend.load()
+    assert backend.scheduler is None

@@ -219,9 +219,9 @@ class Scheduler:
 
         Why a caller would: every thread that runs a parallel torch op gets its own OpenMP team, and once the
         teams hold more threads than there are CPUs, libgomp stops spin-waiting between ops and sleeps on a
-        futex instead. Loading a model on one thread and decoding on another so costs half the decode speed
-        on a 2-core box (14.5 → 22 ms per token measured on SmolLM2). Loading, compiling and serving on one
-        thread keeps one team.
+        futex instead. Loading a model on one thread and decoding on another so costs a third of the decode
+        speed on a 2-core box (14.5 → 22 ms per token measured on SmolLM2). Loading, compiling and serving on
+        one thread keeps one team.
         """
         with self._cv:
             if self._running:

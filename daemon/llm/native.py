@@ -2,7 +2,7 @@
 
 One engine thread per model does all of its torch work — loading, quantizing, compiling the decode step, then
 serving the scheduler until unload — so the loop keeps serving meanwhile, and torch's OpenMP runtime sees a
-single team of threads (two teams on a small box cost half the decode speed: ``Scheduler.run``). Each
+single team of threads (two teams on a small box cost a third of the decode speed: ``Scheduler.run``). Each
 generation is one ``engine.scheduler`` request; its handle feeds an ``asyncio.Queue`` on our loop through
 ``call_soon_threadsafe``, which ``NativeGeneration`` reads directly — no extra hop, no polling. ``cancel()``
 sets the handle's flag, which the scheduler checks before its next decode step.

@@ -313,7 +313,9 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument(
-        "--modes", default="fp32,int8,int4,gguf,compiled", help="native modes (compiled: gguf + compiled decode)"
+        "--modes",
+        default="fp32,int8,int4,gguf,compiled,compiled-torch",
+        help="native modes (compiled: gguf + compiled decode; a -torch suffix: PyTorch's kernels, not enigma's)",
     )
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
@@ -322,9 +324,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from engine import kernels
     from engine.loader import default_model_path, load_model
-    from engine.quant import quantize_model
-    from engine.quant_gguf import quantize_from_gguf
+    from engine.quant import prepare_for_inference
 
     path = (args.model or default_model_path()).resolve()
     t0 = time.perf_counter()
@@ -341,22 +343,26 @@ def main() -> None:
     ref_logits = native_last_logits(base, tok, EVAL_PROMPTS)
     rows: list[Row] = []
     models = {}
+    t = time.perf_counter()
+    print(f"enigma kernels: {'loaded' if kernels.load() else kernels.reason()} ({time.perf_counter() - t:.1f}s)\n")
     for mode in args.modes.split(","):
         model = base if mode == "fp32" else copy.deepcopy(base)
         model.drop_cache()
-        t = time.perf_counter()
-        if mode in ("int8", "int4"):
-            quantize_model(model, mode, group_size=32)
-        elif mode in ("gguf", "compiled"):
-            quantize_from_gguf(model, path)
-        elif mode != "fp32":
+        quant, _, suffix = mode.partition("-")
+        kernel = "torch" if suffix == "torch" else "auto"
+        if quant not in ("fp32", "int8", "int4", "gguf", "compiled") or suffix not in ("", "torch"):
             raise SystemExit(f"unknown mode {mode}")
+        t = time.perf_counter()
+        if quant in ("int8", "int4"):
+            report = prepare_for_inference(model, quant, kernel=kernel)
+        elif quant in ("gguf", "compiled"):
+            report = prepare_for_inference(model, "auto", str(path), kernel=kernel)
         q_s = time.perf_counter() - t
         gc.collect()
-        row = bench_native(model, tok, prompt, args.decode_tokens, args.repeats, compiled=mode == "compiled")
+        row = bench_native(model, tok, prompt, args.decode_tokens, args.repeats, compiled=quant == "compiled")
         row.name = {"gguf": "native gguf (Q4_1 blocks→int4)", "compiled": "native gguf + compiled decode"}.get(
-            mode, f"native {mode}"
-        )
+            quant, f"native {quant}"
+        ) + (f" [{report['kernel']}]" if quant != "fp32" else "")
         if mode != "fp32":
             row.notes.append(logits_vs(ref_logits, native_last_logits(model, tok, EVAL_PROMPTS)))
             row.notes.append(f"quantize {q_s:.1f}s")
@@ -383,14 +389,14 @@ def main() -> None:
 
     print()
     head = (
-        f"{'engine':34s} {'prefill t/s':>11s} {'decode t/s':>10s} {'cpu ms/tok':>10s} {'TTFT ms':>8s} {'mem MB':>7s} "
+        f"{'engine':42s} {'prefill t/s':>11s} {'decode t/s':>10s} {'cpu ms/tok':>10s} {'TTFT ms':>8s} {'mem MB':>7s} "
         f"{'dec/HF':>6s} {'dec/llama':>9s} {'pre/HF':>6s} {'pre/llama':>9s}  notes"
     )
     print(head)
     print("-" * len(head))
     for r in rows + [x for x in (hf, lc) if x is not None]:
         print(
-            f"{r.name:34s} {r.prefill:11.1f} {r.decode:10.1f} {r.cpu_ms:10.1f} {r.ttft_ms:8.1f} {r.rss_mb:7.0f} "
+            f"{r.name:42s} {r.prefill:11.1f} {r.decode:10.1f} {r.cpu_ms:10.1f} {r.ttft_ms:8.1f} {r.rss_mb:7.0f} "
             f"{ratio(r.decode, hf.decode if hf else None):>6s} {ratio(r.decode, lc.decode if lc else None):>9s} "
             f"{ratio(r.prefill, hf.prefill if hf else None):>6s} {ratio(r.prefill, lc.prefill if lc else None):>9s}  "
             + "; ".join(r.notes)
@@ -400,8 +406,8 @@ def main() -> None:
     print(f"peak RSS of the whole run: {peak_rss_mb():.0f} MB")
 
     levels = [int(x) for x in args.concurrency.split(",")]
-    for mode in [m for m in ("gguf", "compiled") if m in models] or [next(iter(models))]:
-        agg = bench_scheduler(models[mode], tok, args.decode_tokens, levels, args.repeats, mode == "compiled")
+    for mode in [m for m in ("gguf", "compiled", "compiled-torch") if m in models] or [next(iter(models))]:
+        agg = bench_scheduler(models[mode], tok, args.decode_tokens, levels, args.repeats, mode.startswith("compiled"))
         print(f"\nscheduler ({mode}), {args.decode_tokens} tokens per request, aggregate tokens/s (prefill included):")
         for n, v in agg.items():
             print(f"  {n} concurrent: {v:7.1f} tok/s  ({ratio(v, agg[levels[0]])} vs {levels[0]} concurrent)")

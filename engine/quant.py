@@ -19,12 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine import kernels
 from engine.errors import EngineError
 from engine.model import Attention, FeedForward, Transformer
 
 MODES = ("int8", "int4")
+_Q4_BLOCK = 32
+KERNELS = ("enigma", "torch")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 _INNER_K_TILES = 2
 _KERNEL_DTYPE = torch.bfloat16
@@ -37,32 +41,58 @@ class UnsupportedQuantization(EngineError, ValueError):
 class Int8Linear(nn.Module):
     """``y = x @ (q * scale)ᵀ + b`` with int8 ``q`` (out, in) and one scale per output channel."""
 
-    def __init__(self, qweight: Tensor, scales: Tensor, bias: Tensor | None = None) -> None:
+    def __init__(self, qweight: Tensor, scales: Tensor, bias: Tensor | None = None, kernel: str | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
-        self.register_buffer("weight", qweight.to(torch.int8).contiguous())
-        self.register_buffer("scales", scales.to(_KERNEL_DTYPE).contiguous())
+        self.kernel = _kernel_for(kernel, self.in_features)
+        q = qweight.to(torch.int8)
+        # PyTorch's kernel reads (out, in) and bf16 scales; ours the lane layout and fp32 scales (the same values:
+        # they are rounded to bf16 either way).
+        self.register_buffer("weight", self.lane_layout(q) if self.kernel == "enigma" else q.contiguous())
+        dtype = torch.float32 if self.kernel == "enigma" else _KERNEL_DTYPE
+        self.register_buffer("scales", scales.to(_KERNEL_DTYPE).to(dtype).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
-    def from_float(cls, weight: Tensor, bias: Tensor | None = None) -> Int8Linear:
+    def from_float(cls, weight: Tensor, bias: Tensor | None = None, kernel: str | None = None) -> Int8Linear:
         w = weight.detach().float()
         # The kernel reads bf16 scales: round them (up, so no code overflows) before choosing the codes.
         scales = (w.abs().amax(dim=1) / 127.0 * (1 + 2**-8)).clamp_min(1e-12).to(_KERNEL_DTYPE).float()
         q = torch.round(w / scales[:, None]).clamp_(-128, 127)
-        return cls(q, scales, bias)
+        return cls(q, scales, bias, kernel)
+
+    @staticmethod
+    def lane_layout(q: Tensor) -> Tensor:
+        """(out, in) int8 → ``enigma::i8_linear``'s (tiles, in / 2, 32): output rows in tiles of 16, byte 2j + e of
+        chunk c holding weight (16t + j, 2c + e)."""
+        n, k = q.shape
+        tiles = -(-n // 16)
+        padded = F.pad(q, (0, 0, 0, tiles * 16 - n))
+        return padded.reshape(tiles, 16, k // 2, 2).permute(0, 2, 1, 3).reshape(tiles, k // 2, 32).contiguous()
+
+    def codes(self) -> Tensor:
+        """The int8 weight as (out, in), whatever the kernel's layout."""
+        if self.kernel == "torch":
+            return self.weight
+        tiles, half, _ = self.weight.shape
+        rows = self.weight.reshape(tiles, half, 16, 2).permute(0, 2, 1, 3).reshape(tiles * 16, half * 2)
+        return rows[: self.out_features]
 
     def dequantize(self) -> Tensor:
-        return self.weight.float() * self.scales.float()[:, None]
+        return self.codes().float() * self.scales.float()[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).to(_KERNEL_DTYPE), self.weight, self.scales)
+        x2 = x.reshape(-1, self.in_features)
+        if self.kernel == "enigma":
+            y = torch.ops.enigma.i8_linear(x2, self.weight, self.scales)
+        else:
+            y = torch._weight_int8pack_mm(x2.to(_KERNEL_DTYPE), self.weight, self.scales)
         y = y.reshape(*lead, self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel ({self.kernel})"
 
 
 @dataclass
@@ -98,6 +128,28 @@ class AffineInt4:
             parts[0].group_size,
         )
 
+    def q4_tiles(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The layout ``enigma::q4_linear`` reads (see ``engine/kernels/cpu_kernels.cpp``): output rows in tiles
+        of 16, inputs in groups of 32 — codes (tiles, groups, 8, 32) uint8, scales (tiles, groups, 16) fp16 and
+        offsets ``minimum - 128 * scale`` (tiles, groups, 16) fp32. Larger groups repeat their scale per 32."""
+        n, k = self.codes.shape
+        rep = self.group_size // _Q4_BLOCK
+        tiles, groups = -(-n // 16), k // _Q4_BLOCK
+        pad = tiles * 16 - n
+        codes = F.pad(self.codes.to(torch.uint8), (0, 0, 0, pad))
+        # [t, j, g, c, h, e] with row 16t + j and input 32g + 4c + 2h + e → byte 2j + e of chunk (t, g, c),
+        # the low nibble for h = 0 and the high one for h = 1.
+        c6 = codes.reshape(tiles, 16, groups, 8, 2, 2).permute(0, 2, 3, 1, 5, 4)
+        packed = (c6[..., 0] | (c6[..., 1] << 4)).reshape(tiles, groups, 8, 32).contiguous()
+        scale = F.pad(self.scale.float().repeat_interleave(rep, dim=1), (0, 0, 0, pad)).to(torch.float16)
+        minimum = F.pad(self.minimum.float().repeat_interleave(rep, dim=1), (0, 0, 0, pad))
+        offset = minimum - 128.0 * scale.float()
+        return (
+            packed,
+            scale.reshape(tiles, 16, groups).transpose(1, 2).contiguous(),
+            offset.reshape(tiles, 16, groups).transpose(1, 2).contiguous(),
+        )
+
     def dequantize(self) -> Tensor:
         n, k = self.codes.shape
         g = self.codes.float().reshape(n, k // self.group_size, self.group_size)
@@ -105,9 +157,13 @@ class AffineInt4:
 
 
 class Int4Linear(nn.Module):
-    """``y = x @ wᵀ + b`` with ``w`` as 4-bit codes in the int4pack tile layout and per-group scale/zero."""
+    """``y = x @ wᵀ + b`` with ``w`` as 4-bit codes with a per-group scale and offset.
 
-    def __init__(self, q: AffineInt4, bias: Tensor | None = None) -> None:
+    Two layouts, by kernel: ``enigma`` keeps GGUF Q4_1 blocks for ``enigma::q4_linear`` (``engine.kernels``);
+    ``torch`` packs the codes into PyTorch's int4pack tiles with bf16 scale/zero pairs.
+    """
+
+    def __init__(self, q: AffineInt4, bias: Tensor | None = None, kernel: str | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = q.codes.shape
         self.group_size = q.group_size
@@ -115,16 +171,25 @@ class Int4Linear(nn.Module):
             raise UnsupportedQuantization(
                 f"int4 needs in_features ({self.in_features}) divisible by the group size ({q.group_size}) and 32"
             )
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.codes.to(torch.int32), _INNER_K_TILES)
-        zero = q.minimum.float() + 8.0 * q.scale.float()
-        sz = torch.stack([q.scale.float(), zero], dim=-1).transpose(0, 1)  # (in // group, out, 2)
-        self.register_buffer("weight", packed)
-        self.register_buffer("scales_and_zeros", sz.to(_KERNEL_DTYPE).contiguous())
+        self.kernel = _kernel_for(kernel, self.in_features)
+        if self.kernel == "enigma":
+            codes, scales, offsets = q.q4_tiles()
+            self.register_buffer("weight", codes)
+            self.register_buffer("scales", scales)
+            self.register_buffer("offsets", offsets)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.codes.to(torch.int32), _INNER_K_TILES)
+            zero = q.minimum.float() + 8.0 * q.scale.float()
+            sz = torch.stack([q.scale.float(), zero], dim=-1).transpose(0, 1)  # (in // group, out, 2)
+            self.register_buffer("weight", packed)
+            self.register_buffer("scales_and_zeros", sz.to(_KERNEL_DTYPE).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
-    def from_float(cls, weight: Tensor, group_size: int, bias: Tensor | None = None) -> Int4Linear:
-        return cls(AffineInt4.from_float(weight, group_size), bias)
+    def from_float(
+        cls, weight: Tensor, group_size: int, bias: Tensor | None = None, kernel: str | None = None
+    ) -> Int4Linear:
+        return cls(AffineInt4.from_float(weight, group_size), bias, kernel)
 
     def dequantize(self) -> Tensor:
         """The float weight the kernel effectively uses (for error checks): the identity through the kernel."""
@@ -132,16 +197,36 @@ class Int4Linear(nn.Module):
         return self._mm(eye).float().T.contiguous()
 
     def _mm(self, x2: Tensor) -> Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group_size, self.scales_and_zeros)
+        if self.kernel == "enigma":
+            return torch.ops.enigma.q4_linear(x2, self.weight, self.scales, self.offsets, self.out_features)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2.to(_KERNEL_DTYPE), self.weight, self.group_size, self.scales_and_zeros
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        y = self._mm(x.reshape(-1, self.in_features).to(_KERNEL_DTYPE))
+        y = self._mm(x.reshape(-1, self.in_features))
         y = y.reshape(*lead, self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"int4 group {self.group_size} ({self.kernel})"
+        )
+
+
+def _kernel_for(kernel: str | None, in_features: int) -> str:
+    """``enigma`` when asked, or by default when the kernels are loaded; ``torch`` otherwise."""
+    if kernel is None:
+        return "enigma" if kernels.loaded() and in_features % _Q4_BLOCK == 0 else "torch"
+    if kernel not in KERNELS:
+        raise UnsupportedQuantization(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "enigma" and not kernels.loaded():
+        raise UnsupportedQuantization(f"the enigma kernels are not loaded: {kernels.reason()}")
+    if kernel == "enigma" and in_features % _Q4_BLOCK:
+        raise UnsupportedQuantization(f"the enigma kernels need in_features divisible by 32, got {in_features}")
+    return kernel
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,7 +273,7 @@ def _int4_group(in_features: int, group_size: int) -> int:
 
 
 def quantize_model(
-    model: Transformer, mode: str = "int4", group_size: int = 32, head: str | None = None
+    model: Transformer, mode: str = "int4", group_size: int = 32, head: str | None = None, kernel: str | None = None
 ) -> Transformer:
     """Quantize every projection of ``model`` in place (fusing qkv and w1/w3 first) and return it.
 
@@ -207,8 +292,8 @@ def quantize_model(
     def make(m: str) -> Callable[[Tensor, Tensor | None], nn.Module]:
         def build(weight: Tensor, bias: Tensor | None) -> nn.Module:
             if m == "int8":
-                return Int8Linear.from_float(weight, bias)
-            return Int4Linear.from_float(weight, _int4_group(weight.shape[1], group_size), bias)
+                return Int8Linear.from_float(weight, bias, kernel)
+            return Int4Linear.from_float(weight, _int4_group(weight.shape[1], group_size), bias, kernel)
 
         return build
 
@@ -236,23 +321,40 @@ def logits_error(reference: Tensor, other: Tensor) -> dict[str, float]:
     }
 
 
-def prepare_for_inference(model: Transformer, mode: str = "auto", source: str | None = None) -> dict[str, object]:
+def prepare_for_inference(
+    model: Transformer, mode: str = "auto", source: str | None = None, kernel: str = "auto"
+) -> dict[str, object]:
     """Pick the fastest kernels for a loaded model, in place; returns what was done (for logs and model cards).
 
     ``auto``: a GGUF ``source`` with Q4_0/Q4_1 projections loads them straight into int4 (``quant_gguf``),
     anything else is quantized to int4 group 32 (int8 head). ``int8``/``int4`` force that mode; ``float``
     keeps the weights and only fuses the projections. The model is inference-only afterwards.
+
+    ``kernel``: ``auto`` builds/loads enigma's own CPU kernels (``engine.kernels``) where the CPU has them and
+    uses PyTorch's elsewhere; ``enigma`` demands ours; ``torch`` keeps PyTorch's.
     """
     if mode not in ("auto", "float", *MODES):
         raise UnsupportedQuantization(f"unknown inference mode {mode!r}; choose auto, float, int8 or int4")
+    if kernel not in ("auto", *KERNELS):
+        raise UnsupportedQuantization(f"unknown kernel {kernel!r}; choose auto, enigma or torch")
+    chosen = "torch"
+    if kernel != "torch" and kernels.load():
+        chosen = "enigma"
+    elif kernel == "enigma":
+        raise UnsupportedQuantization(f"the enigma kernels are unavailable: {kernels.reason()}")
+    hd = model.config.hd
+    for layer in model.layers:
+        layer.attention.decode_kernel = chosen == "enigma" and hd % 16 == 0 and hd <= 256
+    # Per layer, None picks enigma's kernel where its shape allows (in_features divisible by 32), else PyTorch's.
+    layer_kernel = None if chosen == "enigma" else "torch"
     if mode == "float":
         with torch.no_grad():
             fuse_projections(model)
-        return {"mode": "float"}
+        return {"mode": "float", "kernel": chosen}
     if mode == "auto" and source is not None and str(source).endswith(".gguf"):
         from engine.quant_gguf import quantize_from_gguf
 
-        report = quantize_from_gguf(model, source)
-        return {"mode": "gguf", **report}
-    quantize_model(model, "int4" if mode == "auto" else mode)
-    return {"mode": "int4" if mode == "auto" else mode, "group_size": 32, "head": "int8"}
+        report = quantize_from_gguf(model, source, kernel=layer_kernel)
+        return {"mode": "gguf", "kernel": chosen, **report}
+    quantize_model(model, "int4" if mode == "auto" else mode, kernel=layer_kernel)
+    return {"mode": "int4" if mode == "auto" else mode, "group_size": 32, "head": "int8", "kernel": chosen}

@@ -53,7 +53,13 @@ def q4_blocks(raw: np.ndarray, kind: str) -> AffineInt4:
 
 
 def quantize_from_gguf(
-    model: Transformer, path: str | Path, *, fallback: str = "int4", group_size: int = 32, head: str = "int8"
+    model: Transformer,
+    path: str | Path,
+    *,
+    fallback: str = "int4",
+    group_size: int = 32,
+    head: str = "int8",
+    kernel: str | None = None,
 ) -> dict[str, Any]:
     """Install quantized projections in ``model`` (loaded from ``path`` by ``engine.loader``): Q4_0/Q4_1 tensors
     go to int4 as stored; other types are quantized from the model's float weights with ``fallback``
@@ -93,13 +99,13 @@ def quantize_from_gguf(
                 w, bias = float_weight(layer, ours)
                 blocks = [raw_affine(f"blk.{i}.{p}.weight", heads_of.get(p)) for p in parts]
                 if all(b is not None for b in blocks):
-                    built[ours] = Int4Linear(AffineInt4.cat(blocks), bias)  # type: ignore[arg-type]
+                    built[ours] = Int4Linear(AffineInt4.cat(blocks), bias, kernel)  # type: ignore[arg-type]
                     report["gguf_q4"] += 1
                 elif fallback == "int8":
-                    built[ours] = Int8Linear.from_float(w, bias)
+                    built[ours] = Int8Linear.from_float(w, bias, kernel)
                     report["requantized"] += 1
                 else:
-                    built[ours] = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), bias)
+                    built[ours] = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), bias, kernel)
                     report["requantized"] += 1
             attn, ff = layer.attention, layer.feed_forward
             attn.wqkv, attn.wo = built["attention.wqkv"], built["attention.wo"]
@@ -110,10 +116,10 @@ def quantize_from_gguf(
             w = model.output.weight.detach().float()
             out_q4 = raw_affine("output.weight", None) if "output.weight" in tensors else None
             if head == "int4" and out_q4 is not None:
-                model.output = Int4Linear(out_q4)
+                model.output = Int4Linear(out_q4, kernel=kernel)
             elif head == "int4":
-                model.output = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size))
+                model.output = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), kernel=kernel)
             else:
-                model.output = Int8Linear.from_float(w)
+                model.output = Int8Linear.from_float(w, kernel=kernel)
     model.quant = {"mode": "gguf", "fallback": fallback, "head": head, **report}  # type: ignore[assignment]
     return report

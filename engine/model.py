@@ -375,11 +375,13 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.cache = KVCache(max_batch, max_seq, self.config.kv_heads, self.config.hd, dtype)
         self.cache_info = _CacheInfo(max_batch, max_seq, dtype)
+        self.compiled_decode = None  # compiled for the old cache's buffers: it must never see the new ones
 
     def drop_cache(self) -> None:
         for layer in self.layers:
             layer.attention.cache = None
         self.cache_info = _CacheInfo()
+        self.compiled_decode = None
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one cache row to another (the scheduler compacts rows when a request leaves)."""
@@ -416,9 +418,11 @@ class Transformer(nn.Module):
             length = t
             if t > self.config.max_seq_len:
                 raise ValueError(f"{t} tokens exceed the context length {self.config.max_seq_len}")
-        step = self.compiled_decode if t == 1 and cached else None
+        # The compiled step serves what it was warmed up for (engine.compile): one token per row from cache row 0,
+        # with at least two positions; for one token, last_only changes nothing.
+        step = self.compiled_decode if t == 1 and cached and slot == 0 and length > 1 else None
         if step is not None:
-            return step(tokens, input_pos, slot, length, last_only)
+            return step(tokens, input_pos, slot, length, True)
         return self.forward_positions(tokens, input_pos, slot, length, last_only)
 
     def forward_positions(self, tokens: Tensor, input_pos: Tensor, slot: int, length: int, last_only: bool) -> Tensor:

@@ -344,7 +344,7 @@ def prepare_for_inference(
         raise UnsupportedQuantization(f"the enigma kernels are unavailable: {kernels.reason()}")
     hd = model.config.hd
     for layer in model.layers:
-        layer.attention.decode_kernel = chosen == "enigma" and hd % 16 == 0 and hd <= 256
+        layer.attention.decode_kernel = chosen == "enigma" and hd in (64, 128)
     # Per layer, None picks enigma's kernel where its shape allows (in_features divisible by 32), else PyTorch's.
     layer_kernel = None if chosen == "enigma" else "torch"
     if mode == "float":

@@ -273,9 +273,123 @@ at::Tensor i8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return y;
 }
 
+// ---- decode attention ---------------------------------------------------------------------------------------
+
+// exp for x <= 0 (softmax after subtracting the max): x = n ln2 + r, |r| <= ln2 / 2, a degree-6 Taylor
+// polynomial for e^r (relative error below 1e-7) scaled by 2^n.
+inline __m512 exp_neg(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The 16 horizontal sums of v[0..15] as one vector (lane i = sum of v[i]): a shuffle tree of 45 operations
+// instead of 16 separate reductions of about 8 each.
+inline __m512 hsum16(__m512 v[16]) {
+  __m512 r1[8], r2[4], r3[2];
+  for (int i = 0; i < 8; ++i)
+    r1[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 4; ++i)
+    r2[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(r1[2 * i], r1[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; ++i)
+    r3[i] = _mm512_add_ps(_mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(r2[2 * i], r2[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(r3[0], r3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(r3[0], r3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // Lane 4j + t of s holds the sum of v[j + 4t].
+  const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(idx, s);
+}
+
+// Scores of one query head against positions [0, len) of one key head, scaled: s (len rounded up to 16).
+template <int DV>
+inline void scores_of(const float* qv, const float* kb, int64_t len, float scale, float* s) {
+  __m512 q[DV];
+  for (int i = 0; i < DV; ++i) q[i] = _mm512_mul_ps(_mm512_loadu_ps(qv + i * 16), _mm512_set1_ps(scale));
+  constexpr int64_t d = DV * 16;
+  int64_t l0 = 0;
+  for (; l0 + 16 <= len; l0 += 16) {
+    __m512 v[16];
+    for (int p = 0; p < 16; ++p) {
+      const float* kr = kb + (l0 + p) * d;
+      __m512 acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(kr));
+      for (int i = 1; i < DV; ++i) acc = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(kr + i * 16), acc);
+      v[p] = acc;
+    }
+    _mm512_storeu_ps(s + l0, hsum16(v));
+  }
+  for (; l0 < len; ++l0) {
+    const float* kr = kb + l0 * d;
+    __m512 acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(kr));
+    for (int i = 1; i < DV; ++i) acc = _mm512_fmadd_ps(q[i], _mm512_loadu_ps(kr + i * 16), acc);
+    s[l0] = _mm512_reduce_add_ps(acc);
+  }
+}
+
+// softmax numerators in place (exp(s - max)) over [0, len); returns 1 / their sum.
+inline float softmax_in_place(float* s, int64_t len) {
+  __m512 mx = _mm512_set1_ps(-INFINITY);
+  int64_t l = 0;
+  for (; l + 16 <= len; l += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + l));
+  float m = _mm512_reduce_max_ps(mx);
+  for (int64_t t = l; t < len; ++t) m = std::max(m, s[t]);
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (l = 0; l < len; l += 16) {
+    const __mmask16 keep = l + 16 <= len ? __mmask16(0xFFFF) : __mmask16((1u << (len - l)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(keep, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, s + l), mv)));
+    _mm512_mask_storeu_ps(s + l, keep, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
+// One (row, kv head) task: G query heads share every value-row load.
+template <int DV>
+void attend(const float* qp, const float* kb, const float* vb, int64_t g, int64_t len, float scale, float* out,
+            std::vector<float>& scores) {
+  constexpr int64_t d = DV * 16;
+  const int64_t stride = (len + 15) / 16 * 16;
+  scores.resize(static_cast<size_t>(g * stride));
+  std::vector<float> inv(static_cast<size_t>(g));
+  for (int64_t h = 0; h < g; ++h) {
+    scores_of<DV>(qp + h * d, kb, len, scale, scores.data() + h * stride);
+    inv[h] = softmax_in_place(scores.data() + h * stride, len);
+  }
+  for (int64_t h0 = 0; h0 < g; h0 += 4) {  // up to 4 heads at a time keep 4 * DV accumulators in registers
+    const int64_t hn = std::min<int64_t>(4, g - h0);
+    __m512 acc[4][DV];
+    for (int h = 0; h < 4; ++h)
+      for (int i = 0; i < DV; ++i) acc[h][i] = _mm512_setzero_ps();
+    for (int64_t l = 0; l < len; ++l) {
+      __m512 vrow[DV];
+      for (int i = 0; i < DV; ++i) vrow[i] = _mm512_loadu_ps(vb + l * d + i * 16);
+      for (int h = 0; h < hn; ++h) {
+        const __m512 p = _mm512_set1_ps(scores[(h0 + h) * stride + l]);
+        for (int i = 0; i < DV; ++i) acc[h][i] = _mm512_fmadd_ps(p, vrow[i], acc[h][i]);
+      }
+    }
+    for (int h = 0; h < hn; ++h) {
+      const __m512 iv = _mm512_set1_ps(inv[h0 + h]);
+      for (int i = 0; i < DV; ++i) _mm512_storeu_ps(out + (h0 + h) * d + i * 16, _mm512_mul_ps(acc[h][i], iv));
+    }
+  }
+}
+
 // Attention of one new token per row: q (B, H, D) against rows [slot, slot + B) of the caches (R, Hkv, S, D),
-// row b attending to positions 0..pos[b]. Returns (B, H, D). Each (row, kv head) pair is one task; its G query
-// heads share every key and value load.
+// row b attending to positions 0..pos[b]. Returns (B, H, D). Each (row, kv head) pair is one task.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, int64_t slot,
                             const at::Tensor& pos, double scale) {
   TORCH_CHECK(q.scalar_type() == at::kFloat && kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat,
@@ -283,7 +397,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
   TORCH_CHECK(q.dim() == 3 && kc.dim() == 4 && vc.sizes() == kc.sizes(), "q (B, H, D), caches (R, Hkv, S, D)");
   TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous(), "caches must be contiguous");
   const int64_t bsz = q.size(0), h = q.size(1), d = q.size(2), hkv = kc.size(1), seq = kc.size(2);
-  TORCH_CHECK(kc.size(3) == d && d % 16 == 0 && d <= 256, "head dim must match and be a multiple of 16 up to 256");
+  TORCH_CHECK(kc.size(3) == d && (d == 64 || d == 128), "head dim must match the cache's and be 64 or 128, got ", d);
   TORCH_CHECK(h % hkv == 0, "query heads must be a multiple of kv heads");
   TORCH_CHECK(slot >= 0 && slot + bsz <= kc.size(0), "rows out of the cache");
   TORCH_CHECK(pos.scalar_type() == at::kLong && pos.numel() == bsz, "pos must be int64 (B,)");
@@ -292,7 +406,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
   const int64_t* p = pc.data_ptr<int64_t>();
   for (int64_t b = 0; b < bsz; ++b) TORCH_CHECK(p[b] >= 0 && p[b] < seq, "position ", p[b], " out of the cache");
   at::Tensor out = at::empty({bsz, h, d}, q.options());
-  const int64_t g = h / hkv, dv = d / 16;
+  const int64_t g = h / hkv;
   const float* qp = qc.data_ptr<float>();
   const float* kp = kc.data_ptr<float>();
   const float* vp = vc.data_ptr<float>();
@@ -302,36 +416,13 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
     std::vector<float> scores;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / hkv, kh = t % hkv, len = p[b] + 1;
-      const float* kb = kp + ((slot + b) * hkv + kh) * seq * d;
-      const float* vb = vp + ((slot + b) * hkv + kh) * seq * d;
-      scores.resize(static_cast<size_t>(g * len));
-      for (int64_t qh = 0; qh < g; ++qh) {
-        const float* qv = qp + (b * h + kh * g + qh) * d;
-        float* s = scores.data() + qh * len;
-        float mx = -INFINITY;
-        for (int64_t l = 0; l < len; ++l) {
-          __m512 acc = _mm512_setzero_ps();
-          for (int64_t i = 0; i < dv; ++i)
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(qv + i * 16), _mm512_loadu_ps(kb + l * d + i * 16), acc);
-          s[l] = _mm512_reduce_add_ps(acc) * sc;
-          mx = std::max(mx, s[l]);
-        }
-        float sum = 0.f;
-        for (int64_t l = 0; l < len; ++l) sum += (s[l] = std::exp(s[l] - mx));
-        const float inv = 1.f / sum;
-        for (int64_t l = 0; l < len; ++l) s[l] *= inv;
-      }
-      for (int64_t qh = 0; qh < g; ++qh) {
-        const float* s = scores.data() + qh * len;
-        __m512 acc[16];
-        for (int64_t i = 0; i < dv; ++i) acc[i] = _mm512_setzero_ps();
-        for (int64_t l = 0; l < len; ++l) {
-          const __m512 pl = _mm512_set1_ps(s[l]);
-          for (int64_t i = 0; i < dv; ++i) acc[i] = _mm512_fmadd_ps(pl, _mm512_loadu_ps(vb + l * d + i * 16), acc[i]);
-        }
-        float* o = op + (b * h + kh * g + qh) * d;
-        for (int64_t i = 0; i < dv; ++i) _mm512_storeu_ps(o + i * 16, acc[i]);
-      }
+      const int64_t base = ((slot + b) * hkv + kh) * seq * d;
+      const float* qh = qp + (b * h + kh * g) * d;
+      float* oh = op + (b * h + kh * g) * d;
+      if (d == 64)
+        attend<4>(qh, kp + base, vp + base, g, len, sc, oh, scores);
+      else
+        attend<8>(qh, kp + base, vp + base, g, len, sc, oh, scores);
     }
   });
   return out;

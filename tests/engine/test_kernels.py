@@ -73,12 +73,14 @@ def test_quantized_layers_agree_between_enigma_and_torch_kernels() -> None:
     assert torch.allclose(c(x), d(x), atol=0.03, rtol=0.02)
 
 
-def test_decode_attention_equals_sdpa_on_ragged_rows_and_gqa() -> None:
-    torch.manual_seed(1)
-    rows, slot, heads, kv_heads, d, seq = 3, 2, 6, 2, 32, 40
+@pytest.mark.parametrize(("d", "heads", "kv_heads"), [(64, 9, 3), (128, 8, 2), (64, 4, 4)])
+@pytest.mark.parametrize("length", [1, 5, 16, 17, 161])
+def test_decode_attention_equals_sdpa_on_ragged_rows_and_gqa(d: int, heads: int, kv_heads: int, length: int) -> None:
+    torch.manual_seed(length)
+    rows, slot, seq = 3, 2, 200
     kc, vc = torch.randn(6, kv_heads, seq, d), torch.randn(6, kv_heads, seq, d)
-    q = torch.randn(rows, heads, d)
-    pos = torch.tensor([0, 17, 39])
+    q = torch.randn(rows, heads, d) * 3  # peaked softmaxes too
+    pos = torch.tensor([length - 1, max(0, length - 3), length // 2])
     got = torch.ops.enigma.decode_attention(q, kc, vc, slot, pos, 1 / math.sqrt(d))
     for b in range(rows):
         n = int(pos[b]) + 1
@@ -86,6 +88,11 @@ def test_decode_attention_equals_sdpa_on_ragged_rows_and_gqa() -> None:
         v = vc[slot + b, :, :n].repeat_interleave(heads // kv_heads, 0)
         want = F.scaled_dot_product_attention(q[b][:, None], k, v)[:, 0]
         assert torch.allclose(got[b], want, atol=1e-5), b
+
+
+def _attn(rows: int, heads: int, kv_heads: int, seq: int, pos: torch.Tensor, slot: int = 0, d: int = 64):
+    caches = [torch.randn(rows, kv_heads, seq, d) for _ in range(2)]
+    return torch.ops.enigma.decode_attention(torch.randn(rows, heads, d), *caches, slot, pos, 1.0)
 
 
 def _i8(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -111,24 +118,14 @@ def _q4(x: torch.Tensor, out: int, **parts: torch.Tensor) -> torch.Tensor:
         (lambda: _i8(torch.randn(2, 64), torch.zeros(2, 32, 32, dtype=torch.int8), torch.ones(33)), "2 tiles of 16"),
         (lambda: _i8(torch.randn(2, 64), torch.zeros(2, 32, 32), torch.ones(20)), "w must be contiguous int8"),
         (lambda: _i8(torch.randn(2, 64), torch.zeros(2, 8, 32, dtype=torch.int8), torch.ones(20)), "multiple of 32"),
+        (lambda: _attn(1, 2, 1, 8, torch.tensor([8])), "position 8 out of the cache"),
+        (lambda: _attn(2, 2, 1, 8, torch.tensor([1, 1]), slot=1), "rows out of the cache"),
+        (lambda: _attn(1, 3, 2, 8, torch.tensor([1])), "multiple of kv heads"),
         (
-            lambda: torch.ops.enigma.decode_attention(
-                torch.randn(1, 2, 16), torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 16), 0, torch.tensor([8]), 1.0
-            ),
-            "position 8 out of the cache",
+            lambda: _attn(1, 2, 1, 8, torch.tensor([1]), d=32),
+            "head dim must match the cache's and be 64 or 128, got 32",
         ),
-        (
-            lambda: torch.ops.enigma.decode_attention(
-                torch.randn(2, 2, 16), torch.randn(2, 1, 8, 16), torch.randn(2, 1, 8, 16), 1, torch.tensor([1, 1]), 1.0
-            ),
-            "rows out of the cache",
-        ),
-        (
-            lambda: torch.ops.enigma.decode_attention(
-                torch.randn(1, 3, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), 0, torch.tensor([1]), 1.0
-            ),
-            "multiple of kv heads",
-        ),
+        (lambda: _attn(1, 2, 1, 8, torch.tensor([1.0])), "pos must be int64"),
     ],
 )
 def test_bad_kernel_arguments_are_refused_with_a_message(call, message: str) -> None:
@@ -145,7 +142,7 @@ def test_unknown_kernel_name_is_refused() -> None:
 
 def _tiny() -> Transformer:
     torch.manual_seed(3)
-    cfg = ModelConfig(vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64)
+    cfg = ModelConfig(vocab_size=128, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=256, max_seq_len=64)
     return Transformer(cfg).eval()
 
 
@@ -166,6 +163,43 @@ def test_model_with_enigma_kernels_matches_torch_kernels_through_the_cache() -> 
             outs.append(m(tokens[:, 8:], pos, last_only=True)[:, -1])
     cos = F.cosine_similarity(outs[0], outs[1], dim=-1)
     assert bool((cos > 0.999).all()), cos
+
+
+@pytest.mark.slow
+def test_compiled_step_on_enigma_kernels_matches_eager_at_every_row_count() -> None:
+    """The compiled step (guard checks skipped while serving) still picks the right graph as the row count
+    changes, and reallocating the cache drops it."""
+    from engine.compile import compile_decode
+
+    model = _tiny()
+    prepare_for_inference(model, "int4", kernel="enigma")
+    model.setup_cache(4, 32)
+    assert compile_decode(model, "on", batch_sizes=(1, 2))["compiled"] is True
+    step = model.compiled_decode
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        model(torch.randint(0, 128, (4, 6)), torch.arange(6).expand(4, 6))
+        for rows in (1, 3, 1, 4, 2, 1):
+            tokens, pos = torch.randint(0, 128, (rows, 1)), torch.full((rows, 1), 6)
+            got = model(tokens, pos, last_only=True)
+            model.compiled_decode = None
+            want = model(tokens, pos, last_only=True)
+            model.compiled_decode = step
+            assert got.shape == want.shape
+            assert bool((F.cosine_similarity(got[:, -1], want[:, -1], dim=-1) > 0.999).all()), rows
+        # What the warm-up did not cover runs eager, not into a recompile: another cache row, position 0.
+        for slot, position in ((2, 6), (0, 0)):
+            got = model(torch.tensor([[9]]), torch.tensor([[position]]), slot=slot, last_only=True)
+            assert got.shape == (1, 1, 128)
+            assert torch.isfinite(got).all()
+    model.setup_cache(2, 16)
+    assert model.compiled_decode is None
+
+
+def test_head_dims_the_attention_kernel_lacks_keep_sdpa() -> None:
+    model = Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=4))  # head dim 16
+    assert prepare_for_inference(model, "int4", kernel="enigma")["kernel"] == "enigma"
+    assert not model.layers[0].attention.decode_kernel
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,9 @@
 """Continuous batching: many generations share each decode step of one model on one worker thread.
 
-Requests join and leave between steps. A new request is prefilled into the free cache row after the active
-ones, one chunk per step, so a long prompt delays the others' next token by one chunk, not by the whole prompt.
+Requests join and leave between steps. New requests take the free cache rows after the active ones. Prompts
+that arrived together and fit one chunk are prefilled together, in one forward call (one call's overhead
+instead of one per request: a burst of 8 short prompts is one step, not 8); a longer prompt is prefilled
+alone, one chunk per step, so it delays the others' next token by one chunk, not by the whole prompt.
 Then every active row advances in one batched forward call, each sampled with its own settings and RNG. A
 finished or cancelled row leaves and the last row is moved into its place (``Transformer.move_slot``), so the
 active rows are always ``[0, n)`` and the decode call never carries holes.
@@ -189,7 +191,9 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
-        self._rows: list[_Row] = []  # rows[i] lives in cache row i: decoding rows first, then one prefilling row
+        # rows[i] lives in cache row i: decoding rows first, then the admitted rows still to prefill (of which only
+        # the first can hold a partial prompt: the others have nothing cached yet).
+        self._rows: list[_Row] = []
         self._n_dec = 0
         self._running = False
         self._thread: threading.Thread | None = None  # ours, when start() made one
@@ -198,7 +202,14 @@ class Scheduler:
         self._done.set()
         self._settings_key: tuple[int, ...] = ()
         self._settings: BatchSettings | None = None
-        self._stats = {"completed": 0, "cancelled": 0, "failed": 0, "tokens_generated": 0, "prefill_tokens": 0}
+        self._stats = {
+            "completed": 0,
+            "cancelled": 0,
+            "failed": 0,
+            "tokens_generated": 0,
+            "prefill_tokens": 0,
+            "prefill_calls": 0,
+        }
         self._steps = 0
         self._batch_sum = 0
 
@@ -315,8 +326,7 @@ class Scheduler:
         for h in [h for h in self._waiting if h.cancel_requested]:
             self._waiting.remove(h)
             self._finish(h, h.state.cancel())
-        prefilling = len(self._rows) > self._n_dec
-        if not prefilling and self._waiting and len(self._rows) < self.max_batch:
+        while self._waiting and len(self._rows) < self.max_batch:
             handle = self._waiting.popleft()
             handle.state.t_prefill_start = time.perf_counter()
             self._rows.append(_Row(handle))
@@ -327,15 +337,36 @@ class Scheduler:
                 self._finish(self._rows[i].handle, self._rows[i].state.cancel())
                 self._remove(i)
         if len(self._rows) > self._n_dec:
-            self._prefill_step(self._n_dec)
+            group = self._prefill_group()
+            if group > 1:
+                self._prefill_together(group)
+            else:
+                self._prefill_step(self._n_dec)
         if self._n_dec:
             self._decode_step()
+
+    def _prefill_group(self) -> int:
+        """How many rows from the first one to prefill can be prefilled together: as many as fit one chunk's
+        budget of tokens once padded to the longest (so the decoding rows wait no longer than for one chunk), with
+        the padding inside the cache."""
+        rest = [len(r.state.prompt_ids) - r.prefilled for r in self._rows[self._n_dec :]]
+        rows = self._rows[self._n_dec :]
+        n, width = 0, 0
+        while n < len(rest):
+            w = max(width, rest[n])
+            if (n + 1) * w > self.prefill_chunk or any(
+                r.prefilled + w > self.model.cache_info.max_seq for r in rows[: n + 1]
+            ):
+                break
+            n, width = n + 1, w
+        return n
 
     def _prefill_step(self, i: int) -> None:
         row = self._rows[i]
         ids = row.state.prompt_ids
         chunk = ids[row.prefilled : row.prefilled + self.prefill_chunk]
         logits = prefill_chunk(self.model, chunk, row.prefilled, slot=i)
+        self._stats["prefill_calls"] += 1
         row.prefilled += len(chunk)
         self._stats["prefill_tokens"] += len(chunk)
         if row.prefilled < len(ids):
@@ -343,6 +374,35 @@ class Scheduler:
         self._n_dec += 1  # the row sits right after the decoding ones: it simply joins them
         self._stats["tokens_generated"] += 1
         self._deliver(i, row.state.sample(logits))
+
+    def _prefill_together(self, n: int) -> None:
+        """Prefill the rest of the next ``n`` rows' prompts in one forward call; they all join the decoding rows.
+
+        Rows are left-padded to the longest, so every row's last prompt token is the last column. Pad tokens get
+        the positions just after their row's prompt: no prompt token can see them (a key is visible to a query
+        only at a position <= its own), and the decode steps overwrite those cache positions before reading them.
+        """
+        first = self._n_dec
+        rows = self._rows[first : first + n]
+        chunks = [r.state.prompt_ids[r.prefilled :] for r in rows]
+        width = max(len(c) for c in chunks)
+        tokens = torch.zeros(n, width, dtype=torch.long)
+        pos = torch.empty(n, width, dtype=torch.long)
+        for j, (r, c) in enumerate(zip(rows, chunks, strict=True)):
+            pad = width - len(c)
+            tokens[j, pad:] = torch.tensor(c, dtype=torch.long)
+            pos[j, pad:] = torch.arange(r.prefilled, r.prefilled + len(c))
+            pos[j, :pad] = torch.arange(r.prefilled + len(c), r.prefilled + width)
+        logits = self.model(tokens, pos, slot=first, last_only=True)[:, -1]
+        self._stats["prefill_calls"] += 1
+        for r, c in zip(rows, chunks, strict=True):
+            r.prefilled += len(c)
+            self._stats["prefill_tokens"] += len(c)
+        self._n_dec += n
+        self._stats["tokens_generated"] += n
+        picked = [r.state.sample(logits[j]) for j, r in enumerate(rows)]
+        for j in reversed(range(n)):  # deliver from the end: a finished row's hole is filled from behind
+            self._deliver(first + j, picked[j])
 
     def _decode_step(self) -> None:
         rows = self._rows[: self._n_dec]
@@ -391,19 +451,23 @@ class Scheduler:
         handle._emit(usage)
 
     def _remove(self, i: int) -> None:
-        """Free row ``i`` keeping rows contiguous: the last decoding row moves into the hole, and the
-        prefilling row (if any) moves down behind it."""
+        """Free row ``i`` keeping rows contiguous: the last decoding row moves into the hole, and the rows to
+        prefill move down behind it."""
         last = self._n_dec - 1
-        if i > last:  # the prefilling row, always the last one
+        if i > last:  # a row still to prefill: only the first of them can hold anything, and it is not moved
             self._rows.pop(i)
             return
         if i != last:
             self.model.move_slot(last, i, self._rows[last].cached)
             self._rows[i] = self._rows[last]
         if len(self._rows) > self._n_dec:
+            # The first row to prefill moves into the hole at the end of the decoding rows; the rows after it
+            # shift down by one, which costs nothing: they have nothing cached yet.
             self.model.move_slot(self._n_dec, last, self._rows[self._n_dec].cached)
             self._rows[last] = self._rows[self._n_dec]
-        self._rows.pop()
+            del self._rows[self._n_dec]
+        else:
+            self._rows.pop()
         self._n_dec -= 1
 
     def _shutdown(self) -> None:

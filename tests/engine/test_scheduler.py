@@ -209,6 +209,53 @@ def test_run_serves_on_the_calling_thread_until_stop(tok) -> None:
         s.submit([1, 2], SamplingParams())
 
 
+def _burst(tok, prompts: list[str], params: list[SamplingParams], prefill_chunk: int) -> tuple[list, dict]:
+    """Submit every prompt before the serving loop starts (so they arrive together); results and stats."""
+    s = Scheduler(tiny_model(max_batch=4, max_seq=512), tok, max_batch=4, prefill_chunk=prefill_chunk)
+    handles: list[RequestHandle] = []
+    results: list[object] = []
+
+    def collect() -> None:
+        try:
+            results.extend(h.collect(TIMEOUT) for h in handles)
+        finally:
+            s.stop(timeout=0)
+
+    def ready() -> None:
+        handles.extend(s.submit(tok.encode(p), sp) for p, sp in zip(prompts, params, strict=True))
+        threading.Thread(target=collect).start()
+
+    s.run(ready=ready)
+    return results, s.stats()
+
+
+BURST = [PROMPTS[0], PROMPTS[2], PROMPTS[3], PROMPTS[4]]  # 2, 1, 11 and 4 tokens
+
+
+@pytest.mark.parametrize(("chunk", "calls"), [(256, 1), (40, 2), (8, 3)])
+def test_prompts_arriving_together_are_prefilled_together_within_one_chunk(tok, chunk: int, calls: int) -> None:
+    params = [SamplingParams(temperature=0.0, max_tokens=n) for n in (9, 14, 6, 11)]
+    results, stats = _burst(tok, BURST, params, prefill_chunk=chunk)
+    ref = tiny_model(max_batch=1, max_seq=512)
+    for (text, usage), prompt, sp in zip(results, BURST, params, strict=True):
+        assert text == single(ref, tok, prompt, sp)[0]
+        assert usage.completion_tokens == sp.max_tokens
+    # 256: all four, padded to 11 tokens, in one call. 40: the first three (3 x 11 <= 40), then the last.
+    # 8: [2, 1] (2 x 2), then the first 8 of the 11-token prompt alone, then its last 3 with the 4 (2 x 4).
+    assert stats["prefill_calls"] == calls
+    assert stats["prefill_tokens"] == sum(len(tok.encode(p)) for p in BURST)
+
+
+def test_a_request_done_at_its_first_token_leaves_a_prefilled_burst_intact(tok) -> None:
+    params = [SamplingParams(temperature=0.0, max_tokens=n) for n in (7, 1, 12, 1)]
+    results, stats = _burst(tok, BURST, params, prefill_chunk=256)
+    ref = tiny_model(max_batch=1, max_seq=512)
+    assert [r[1].completion_tokens for r in results] == [7, 1, 12, 1]
+    assert [r[0] for r in results] == [single(ref, tok, p, sp)[0] for p, sp in zip(BURST, params, strict=True)]
+    assert stats["prefill_calls"] == 1
+    assert stats["active"] == 0
+
+
 def test_run_while_serving_is_refused(sched: Scheduler) -> None:
     with pytest.raises(RuntimeError, match="the scheduler is already serving"):
         sched.run()

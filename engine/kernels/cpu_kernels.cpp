@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -106,20 +107,39 @@ inline void q4_unit(const uint8_t* codes, const c10::Half* dsc, const float* off
   }
 }
 
-template <int NT>
-inline void q4_rows(int64_t mt, const uint8_t* codes, const c10::Half* dsc, const float* off, int64_t groups,
-                    int64_t tile0, const c10::BFloat16* x, int64_t ldx, const float* xs, float* y, int64_t ldy,
-                    int64_t n) {
+// Calls f with the row count as a compile-time constant (1..kMaxRows), so each count gets its own
+// register-resident accumulators.
+template <class F>
+inline void with_rows(int64_t mt, F&& f) {
   switch (mt) {
-    case 1: return q4_unit<1, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    case 2: return q4_unit<2, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    case 3: return q4_unit<3, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    case 4: return q4_unit<4, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    case 5: return q4_unit<5, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    case 6: return q4_unit<6, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    case 7: return q4_unit<7, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
-    default: return q4_unit<8, NT>(codes, dsc, off, groups, tile0, x, ldx, xs, y, ldy, n);
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
   }
+}
+
+// Calls f(tile count as a constant, first tile offset) for ``cols`` tiles: once for 4 or 2, else once per tile.
+template <class F>
+inline void with_cols(int64_t cols, F&& f) {
+  if (cols == 4) return f(std::integral_constant<int, 4>{}, 0);
+  if (cols == 2) return f(std::integral_constant<int, 2>{}, 0);
+  for (int64_t j = 0; j < cols; ++j) f(std::integral_constant<int, 1>{}, j);
+}
+
+// Splits the output tiles into units of ``nt`` across the intra-op threads and walks each unit's activation
+// rows in chunks of kMaxRows: body(first tile, tiles in the unit, first row, rows in the chunk).
+template <class Body>
+void for_each_unit(int64_t tiles, int64_t mrows, int64_t nt, const Body& body) {
+  at::parallel_for(0, (tiles + nt - 1) / nt, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u)
+      for (int64_t m0 = 0; m0 < mrows; m0 += kMaxRows)
+        body(u * nt, std::min(nt, tiles - u * nt), m0, std::min<int64_t>(kMaxRows, mrows - m0));
+  });
 }
 
 at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
@@ -155,23 +175,13 @@ at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& codes, const at::Ten
   float* yp = y.data_ptr<float>();
   const int64_t mt = std::min<int64_t>(mrows, kMaxRows);
   const int64_t nt = mt == 1 ? (tiles >= 64 ? 4 : 2) : mt == 2 ? 4 : mt <= 4 ? 2 : 1;
-  const int64_t units = (tiles + nt - 1) / nt;
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t tile0 = u * nt, cols = std::min(nt, tiles - tile0);
-      for (int64_t m0 = 0; m0 < mrows; m0 += kMaxRows) {
-        const int64_t rows = std::min<int64_t>(kMaxRows, mrows - m0);
-        const c10::BFloat16* xr = xp + m0 * k;
-        const float* xsr = xs.data() + m0 * groups;
-        float* yr = yp + m0 * n;
-        if (cols == 4)
-          q4_rows<4>(rows, cp, dp, op, groups, tile0, xr, k, xsr, yr, n, n);
-        else if (cols == 2)
-          q4_rows<2>(rows, cp, dp, op, groups, tile0, xr, k, xsr, yr, n, n);
-        else
-          for (int64_t j = 0; j < cols; ++j) q4_rows<1>(rows, cp, dp, op, groups, tile0 + j, xr, k, xsr, yr, n, n);
-      }
-    }
+  for_each_unit(tiles, mrows, nt, [&](int64_t tile0, int64_t cols, int64_t m0, int64_t rows) {
+    with_cols(cols, [&](auto nc, int64_t j) {
+      with_rows(rows, [&](auto nr) {
+        q4_unit<decltype(nr)::value, decltype(nc)::value>(cp, dp, op, groups, tile0 + j, xp + m0 * k, k,
+                                                            xs.data() + m0 * groups, yp + m0 * n, n, n);
+      });
+    });
   });
   return y;
 }
@@ -221,21 +231,6 @@ inline void i8_unit(const int8_t* w, int64_t chunks, int64_t tile0, const c10::B
   }
 }
 
-template <int NT>
-inline void i8_rows(int64_t mt, const int8_t* w, int64_t chunks, int64_t tile0, const c10::BFloat16* x, int64_t ldx,
-                    const float* scales, float* y, int64_t ldy, int64_t n) {
-  switch (mt) {
-    case 1: return i8_unit<1, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    case 2: return i8_unit<2, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    case 3: return i8_unit<3, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    case 4: return i8_unit<4, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    case 5: return i8_unit<5, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    case 6: return i8_unit<6, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    case 7: return i8_unit<7, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-    default: return i8_unit<8, NT>(w, chunks, tile0, x, ldx, scales, y, ldy, n);
-  }
-}
-
 at::Tensor i8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 3 && w.size(2) == 32 && w.is_contiguous(),
               "w must be contiguous int8 (tiles, in / 2, 32)");
@@ -253,22 +248,13 @@ at::Tensor i8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   float* yp = y.data_ptr<float>();
   const int64_t mt = std::min<int64_t>(mrows, kMaxRows);
   const int64_t nt = mt <= 2 ? 4 : mt <= 4 ? 2 : 1;
-  const int64_t units = (tiles + nt - 1) / nt;
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t tile0 = u * nt, cols = std::min(nt, tiles - tile0);
-      for (int64_t m0 = 0; m0 < mrows; m0 += kMaxRows) {
-        const int64_t rows = std::min<int64_t>(kMaxRows, mrows - m0);
-        const c10::BFloat16* xr = xp + m0 * k;
-        float* yr = yp + m0 * n;
-        if (cols == 4)
-          i8_rows<4>(rows, wp, chunks, tile0, xr, k, sp, yr, n, n);
-        else if (cols == 2)
-          i8_rows<2>(rows, wp, chunks, tile0, xr, k, sp, yr, n, n);
-        else
-          for (int64_t j = 0; j < cols; ++j) i8_rows<1>(rows, wp, chunks, tile0 + j, xr, k, sp, yr, n, n);
-      }
-    }
+  for_each_unit(tiles, mrows, nt, [&](int64_t tile0, int64_t cols, int64_t m0, int64_t rows) {
+    with_cols(cols, [&](auto nc, int64_t j) {
+      with_rows(rows, [&](auto nr) {
+        i8_unit<decltype(nr)::value, decltype(nc)::value>(wp, chunks, tile0 + j, xp + m0 * k, k, sp, yp + m0 * n, n,
+                                                            n);
+      });
+    });
   });
   return y;
 }

@@ -1,4 +1,7 @@
-"""Weight-only quantization for CPU inference: int8 per output channel, int4 group-wise, on PyTorch's kernels.
+"""Weight-only quantization for CPU inference: int8 per output channel, int4 group-wise.
+
+Each quantized layer runs on one of two kernel sets, chosen when it is built: enigma's own (``engine.kernels``,
+on x86 CPUs with AVX-512 BF16, faster at one row and much faster with several) or PyTorch's, everywhere else.
 
 Decoding a small model on a CPU reads every weight once per token, so bytes per weight set the speed.
 PyTorch ships fused dequantize-and-multiply kernels for this: ``torch._weight_int8pack_mm`` (int8 weights, one
@@ -159,8 +162,9 @@ class AffineInt4:
 class Int4Linear(nn.Module):
     """``y = x @ wᵀ + b`` with ``w`` as 4-bit codes with a per-group scale and offset.
 
-    Two layouts, by kernel: ``enigma`` keeps GGUF Q4_1 blocks for ``enigma::q4_linear`` (``engine.kernels``);
-    ``torch`` packs the codes into PyTorch's int4pack tiles with bf16 scale/zero pairs.
+    Two layouts, by kernel: ``enigma`` keeps the lane tiles of ``AffineInt4.q4_tiles`` for ``enigma::q4_linear``
+    (``engine.kernels``), with a GGUF's fp16 scales exactly; ``torch`` packs the codes into PyTorch's int4pack
+    tiles with bf16 scale/zero pairs.
     """
 
     def __init__(self, q: AffineInt4, bias: Tensor | None = None, kernel: str | None = None) -> None:

@@ -131,7 +131,7 @@ class EnigmaApp(App):
 
     def on_start(self) -> None:
         self.go(self._startup())
-        Clock.schedule_interval(self._tick, 1.0)
+        self._ticker = Clock.schedule_interval(self._tick, 1.0)
         Clock.schedule_once(lambda _dt: self.started.set(), 0)
 
     async def _startup(self) -> None:
@@ -152,7 +152,10 @@ class EnigmaApp(App):
         await self.conn.connect(entry)
 
     def on_stop(self) -> None:
-        """From here on no widget may be built: KV rules need the running app. Stop listening to the views."""
+        """From here on no widget may be built: KV rules need the running app. Stop the status ticker (its next
+        tick may still come before the loop ends) and stop listening to the views."""
+        if getattr(self, "_ticker", None) is not None:
+            self._ticker.cancel()
         for unbind in getattr(self, "_unbind", []):
             unbind()
         self._unbind = []

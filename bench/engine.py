@@ -319,8 +319,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument(
         "--modes",
-        default="fp32,int8,int4,gguf,compiled,compiled-torch",
-        help="native modes (compiled: gguf + compiled decode; a -torch suffix: PyTorch's kernels, not enigma's)",
+        default="fp32,int8,int4,gguf,compiled,compiled-vector,compiled-torch",
+        help="native modes (compiled: gguf + compiled decode; a -torch suffix: PyTorch's kernels, not enigma's; "
+        "-vector: enigma's without AMX tiles)",
     )
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
@@ -355,8 +356,9 @@ def main() -> None:
         model.drop_cache()
         quant, _, suffix = mode.partition("-")
         kernel = "torch" if suffix == "torch" else "auto"
-        if quant not in ("fp32", "int8", "int4", "gguf", "compiled") or suffix not in ("", "torch"):
+        if quant not in ("fp32", "int8", "int4", "gguf", "compiled") or suffix not in ("", "torch", "vector"):
             raise SystemExit(f"unknown mode {mode}")
+        kernels.set_amx(suffix != "vector")
         t = time.perf_counter()
         if quant in ("int8", "int4"):
             report = prepare_for_inference(model, quant, kernel=kernel)
@@ -367,12 +369,13 @@ def main() -> None:
         row = bench_native(model, tok, prompt, args.decode_tokens, args.repeats, compiled=quant == "compiled")
         row.name = {"gguf": "native gguf (Q4_1 blocks→int4)", "compiled": "native gguf + compiled decode"}.get(
             quant, f"native {quant}"
-        ) + (f" [{report['kernel']}]" if quant != "fp32" else "")
+        ) + (f" [{report['kernel']}{'+amx' if report.get('amx') else ''}]" if quant != "fp32" else "")
         if mode != "fp32":
             row.notes.append(logits_vs(ref_logits, native_last_logits(model, tok, EVAL_PROMPTS)))
             row.notes.append(f"quantize {q_s:.1f}s")
         rows.append(row)
         models[mode] = model
+        kernels.set_amx(True)
         print(f"  done {row.name}: decode {row.decode:.1f} tok/s", flush=True)
 
     hf: Row | None = None
@@ -411,8 +414,11 @@ def main() -> None:
     print(f"peak RSS of the whole run: {peak_rss_mb():.0f} MB")
 
     levels = [int(x) for x in args.concurrency.split(",")]
-    for mode in [m for m in ("gguf", "compiled", "compiled-torch") if m in models] or [next(iter(models))]:
+    sched_modes = ("gguf", "compiled", "compiled-vector", "compiled-torch")
+    for mode in [m for m in sched_modes if m in models] or [next(iter(models))]:
+        kernels.set_amx(not mode.endswith("-vector"))
         agg = bench_scheduler(models[mode], tok, args.decode_tokens, levels, args.repeats, mode.startswith("compiled"))
+        kernels.set_amx(True)
         print(f"\nscheduler ({mode}), {args.decode_tokens} tokens per request, aggregate tokens/s:")
         print("  end to end: all tokens / wall time, the prompts' prefills included; decode: sum of per-request rates")
         first = agg[levels[0]]

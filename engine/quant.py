@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -346,6 +347,8 @@ def prepare_for_inference(
         chosen = "enigma"
     elif kernel == "enigma":
         raise UnsupportedQuantization(f"the enigma kernels are unavailable: {kernels.reason()}")
+    # With ours, whether batches of rows run on AMX tiles (CPUs that have them): what decides batched speed.
+    used: dict[str, Any] = {"kernel": chosen} if chosen == "torch" else {"kernel": chosen, "amx": kernels.amx()}
     hd = model.config.hd
     for layer in model.layers:
         layer.attention.decode_kernel = chosen == "enigma" and hd in (64, 128)
@@ -354,11 +357,11 @@ def prepare_for_inference(
     if mode == "float":
         with torch.no_grad():
             fuse_projections(model)
-        return {"mode": "float", "kernel": chosen}
+        return {"mode": "float", **used}
     if mode == "auto" and source is not None and str(source).endswith(".gguf"):
         from engine.quant_gguf import quantize_from_gguf
 
         report = quantize_from_gguf(model, source, kernel=layer_kernel)
-        return {"mode": "gguf", "kernel": chosen, **report}
+        return {"mode": "gguf", **used, **report}
     quantize_model(model, "int4" if mode == "auto" else mode, kernel=layer_kernel)
-    return {"mode": "int4" if mode == "auto" else mode, "group_size": 32, "head": "int8", "kernel": chosen}
+    return {"mode": "int4" if mode == "auto" else mode, "group_size": 32, "head": "int8", **used}

@@ -3,13 +3,15 @@
 Why our own: PyTorch's weight-only int4/int8 CPU kernels dequantize each weight once per activation row, so a
 decode step of 8 rows costs about 3× one row and continuous batching buys little. These dequantize a block of
 32 weights once into a register and multiply it into every row with one bf16 dot-product instruction; see
-the C++ source for the layout. They need an x86 CPU with AVX-512 BF16 (Zen 4, Sapphire Rapids and later)
+the C++ source for the layout. Where the CPU has AMX (Sapphire Rapids and later), batches of two rows and more
+(a batched decode step, a prefill) run on its tiles instead (``amx.cpp``): 8 rows then cost about 1.5× one
+row, not 3×. They need an x86 CPU with AVX-512 BF16 (Zen 4, Sapphire Rapids and later)
 and a C++ compiler: the source is built once with ``torch.utils.cpp_extension`` (about 25 s on two cores)
 into a cache directory and loaded from there afterwards. Anywhere else, the engine keeps PyTorch's kernels.
 
 ``load()`` builds and registers the ops (``torch.ops.enigma.*``); nothing builds them implicitly, so a model
 only switches to them when inference preparation asks (``engine.quant.prepare_for_inference``).
-``ENIGMA_KERNELS=off`` in the environment disables them.
+``ENIGMA_KERNELS=off`` in the environment disables them; ``ENIGMA_AMX=off`` keeps them off AMX tiles.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+SOURCES = (SOURCE, SOURCE.with_name("amx.cpp"))
 _FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "f16c", "fma")
 _CFLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mf16c", "-mfma"]
+_CFLAGS += ["-mamx-tile", "-mamx-bf16"]  # used only where amx.cpp finds AMX at run time
 # at::parallel_for is an inline OpenMP loop: without -fopenmp it runs on one thread. The library then needs
 # libgomp.so.1, which resolves to the copy torch has already loaded (one OpenMP runtime, one thread team).
 _LDFLAGS = ["-fopenmp"]
@@ -49,9 +53,21 @@ def reason() -> str:
     return "" if loaded() else str(_state["reason"])
 
 
+def amx() -> bool:
+    """Whether the matmuls run batches of rows on AMX tiles (Sapphire Rapids and later; see ``amx.cpp``)."""
+    return loaded() and bool(torch.ops.enigma.amx_enabled())
+
+
+def set_amx(on: bool) -> bool:
+    """Use AMX for batches where the CPU has it (``on``) or the vector kernels everywhere; returns ``amx()``."""
+    if not loaded():
+        return False
+    return bool(torch.ops.enigma.set_amx(on))
+
+
 def unsupported() -> str | None:
     """Why this machine cannot run the kernels, or None when it can."""
-    if os.environ.get("ENIGMA_KERNELS", "").lower() in ("0", "off", "false", "no"):
+    if _off(os.environ.get("ENIGMA_KERNELS", "")):
         return "disabled by ENIGMA_KERNELS"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"needs x86-64 with AVX-512 BF16, this is {platform.machine()}"
@@ -61,6 +77,10 @@ def unsupported() -> str | None:
     if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
         return "no C++ compiler to build them"
     return None
+
+
+def _off(value: str) -> bool:
+    return value.lower() in ("0", "off", "false", "no")
 
 
 def _cpu_flags() -> set[str]:
@@ -107,7 +127,7 @@ def load(build_dir: Path | None = None) -> bool:
             t0 = time.perf_counter()
             cpp_extension.load(
                 name="enigma_cpu_kernels",
-                sources=[str(SOURCE)],
+                sources=[str(p) for p in SOURCES],
                 extra_cflags=_CFLAGS,
                 extra_ldflags=_LDFLAGS,
                 build_directory=str(build_dir),
@@ -121,6 +141,8 @@ def load(build_dir: Path | None = None) -> bool:
             log.warning("enigma CPU kernels unavailable: %s", _state["reason"])
             return False
         _state.update(loaded=True, reason="")
+        if _off(os.environ.get("ENIGMA_AMX", "")):
+            torch.ops.enigma.set_amx(False)
         log.info("enigma CPU kernels ready in %.1f s (%s)", time.perf_counter() - t0, build_dir)
         return True
 

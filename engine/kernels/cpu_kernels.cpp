@@ -4,7 +4,8 @@
 // row, so a decode step of 8 rows costs about 3x one row and continuous batching gains little. Here weights
 // are turned into bf16 once in registers and multiplied into every activation row with VDPBF16PS (32
 // multiply-adds into fp32 accumulators per instruction), so extra rows cost only their dot products. The Q4
-// kernel also makes the one-row case cheaper than PyTorch's: see its layout below.
+// kernel also makes the one-row case cheaper than PyTorch's: see its layout below. On CPUs with AMX (Sapphire
+// Rapids and later), two rows and more go to amx.cpp instead, which uses the same layouts as tiles.
 //
 // Decode attention: one new token per row against that row's cached keys/values, with GQA groups sharing
 // each key/value load. It replaces a pair of small batched matmuls whose per-call overhead dominated.
@@ -19,6 +20,8 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "amx.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -30,6 +33,14 @@ namespace {
 
 constexpr int64_t kBlock = 32;       // weights per quantization block
 constexpr int kMaxRows = 8;          // activation rows held in registers at once
+constexpr int64_t kAmxMinRows = 2;   // from two activation rows on, AMX tiles beat vector dot products (amx.cpp)
+
+// Runs an AMX body over output tiles split in pairs across the intra-op threads: body(first tile, end tile).
+template <class Body>
+void for_each_tile_pair(int64_t tiles, const Body& body) {
+  at::parallel_for(0, (tiles + 1) / 2, 1,
+                   [&](int64_t p0, int64_t p1) { body(2 * p0, std::min(2 * p1, tiles)); });
+}
 
 at::Tensor as_bf16_rows(const at::Tensor& x, int64_t k) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k, "x must be (rows, ", k, "), got ", x.sizes());
@@ -173,6 +184,12 @@ at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& codes, const at::Ten
   const auto* dp = scales.data_ptr<c10::Half>();
   const float* op = offsets.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  if (mrows >= kAmxMinRows && enigma_amx::enabled()) {
+    for_each_tile_pair(tiles, [&](int64_t t0, int64_t t1) {
+      enigma_amx::q4_tiles(cp, dp, op, groups, t0, t1, xp, mrows, xs.data(), yp, n);
+    });
+    return y;
+  }
   const int64_t mt = std::min<int64_t>(mrows, kMaxRows);
   const int64_t nt = mt == 1 ? (tiles >= 64 ? 4 : 2) : mt == 2 ? 4 : mt <= 4 ? 2 : 1;
   for_each_unit(tiles, mrows, nt, [&](int64_t tile0, int64_t cols, int64_t m0, int64_t rows) {
@@ -246,6 +263,10 @@ at::Tensor i8_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = scales.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  if (mrows >= kAmxMinRows && enigma_amx::enabled()) {
+    for_each_tile_pair(tiles, [&](int64_t t0, int64_t t1) { enigma_amx::i8_tiles(wp, sp, k, t0, t1, xp, mrows, yp, n); });
+    return y;
+  }
   const int64_t mt = std::min<int64_t>(mrows, kMaxRows);
   const int64_t nt = mt <= 2 ? 4 : mt <= 4 ? 2 : 1;
   for_each_unit(tiles, mrows, nt, [&](int64_t tile0, int64_t cols, int64_t m0, int64_t rows) {
@@ -414,9 +435,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kc, const at:
   return out;
 }
 
+bool set_amx(bool on) { return enigma_amx::set_enabled(on); }
+bool amx_enabled() { return enigma_amx::enabled(); }
+
 }  // namespace
 
 TORCH_LIBRARY(enigma, m) {
+  m.def("amx_enabled() -> bool", &amx_enabled);
+  m.def("set_amx(bool on) -> bool", &set_amx);
   m.def("q4_linear(Tensor x, Tensor codes, Tensor scales, Tensor offsets, int out_features) -> Tensor");
   m.def("i8_linear(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, int slot, Tensor pos, float scale) -> Tensor");

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,23 @@ def _kernels() -> None:
     assert kernels.load(), kernels.reason()
 
 
+@pytest.fixture(params=["vector", "amx"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both implementations of the matmuls: AVX-512 dot products, and AMX tiles for two rows and more."""
+    want = request.param == "amx"
+    if kernels.set_amx(want) != want:
+        pytest.skip("this CPU has no AMX-BF16, or Linux refused this process the tile state")
+    yield request.param
+    kernels.set_amx(True)
+
+
 def _bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).float()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 17, 40])
-@pytest.mark.parametrize(("out", "group"), [(96, 32), (37, 32), (64, 64), (5, 128)])
-def test_q4_linear_is_the_matmul_with_its_dequantized_weight(rows: int, out: int, group: int) -> None:
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize(("out", "group"), [(96, 32), (37, 32), (64, 64), (5, 128), (48, 32)])
+def test_q4_linear_is_the_matmul_with_its_dequantized_weight(rows: int, out: int, group: int, path: str) -> None:
     torch.manual_seed(rows * 1000 + out)
     k = 256
     q = AffineInt4.from_float(torch.randn(out, k) * 0.1, group)
@@ -49,10 +60,11 @@ def test_q4_linear_is_the_matmul_with_its_dequantized_weight(rows: int, out: int
     assert torch.allclose(got, x @ w.T, atol=0.05 * float((x @ w.T).abs().max()))
 
 
-@pytest.mark.parametrize("rows", [1, 4, 8, 12])
-def test_i8_linear_is_the_matmul_with_its_dequantized_weight(rows: int) -> None:
+@pytest.mark.parametrize("rows", [1, 2, 4, 8, 12, 16, 17, 35])
+@pytest.mark.parametrize("out", [70, 48])
+def test_i8_linear_is_the_matmul_with_its_dequantized_weight(rows: int, out: int, path: str) -> None:
     torch.manual_seed(rows)
-    lin = Int8Linear.from_float(torch.randn(70, 192), kernel="enigma")
+    lin = Int8Linear.from_float(torch.randn(out, 192), kernel="enigma")
     x = torch.randn(rows, 192)
     got = torch.ops.enigma.i8_linear(x, lin.weight, lin.scales)
     assert torch.equal(Int8Linear.lane_layout(lin.codes()), lin.weight)
@@ -146,9 +158,10 @@ def _tiny() -> Transformer:
     return Transformer(cfg).eval()
 
 
-def test_model_with_enigma_kernels_matches_torch_kernels_through_the_cache() -> None:
+def test_model_with_enigma_kernels_matches_torch_kernels_through_the_cache(path: str) -> None:
     a, b = _tiny(), _tiny()
-    assert prepare_for_inference(a, "int4", kernel="enigma")["kernel"] == "enigma"
+    report = prepare_for_inference(a, "int4", kernel="enigma")
+    assert (report["kernel"], report["amx"]) == ("enigma", path == "amx")
     assert prepare_for_inference(b, "int4", kernel="torch")["kernel"] == "torch"
     assert a.layers[0].attention.decode_kernel
     assert not b.layers[0].attention.decode_kernel
@@ -222,13 +235,29 @@ def test_disabled_kernels_fall_back_to_torch_and_refuse_a_demand() -> None:
     assert "the enigma kernels are unavailable: disabled by ENIGMA_KERNELS" in done.stderr
 
 
+def test_amx_is_switched_off_by_the_environment() -> None:
+    code = (
+        "from engine import kernels\n"
+        "from engine.model import ModelConfig, Transformer\n"
+        "from engine.quant import prepare_for_inference\n"
+        "m = Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=2))\n"
+        "r = prepare_for_inference(m, 'int4')\n"
+        "print(r['kernel'], r['amx'], kernels.set_amx(True))\n"
+    )
+    off = _run(code, ENIGMA_AMX="off")
+    assert off.stdout.split()[:2] == ["enigma", "False"], off.stderr
+    # Switched back on, it is on exactly where the CPU has it: as in the environment's default.
+    on = _run(code)
+    assert on.stdout.split()[1] == off.stdout.split()[2], on.stderr
+
+
 def test_a_failed_build_leaves_torch_kernels_and_says_why(tmp_path: Path) -> None:
     bad = tmp_path / "broken.cpp"
     bad.write_text("this is not C++\n")
     code = (
         "from pathlib import Path\n"
         "from engine import kernels\n"
-        f"kernels.SOURCE = Path({str(bad)!r})\n"
+        f"kernels.SOURCES = (Path({str(bad)!r}),)\n"
         f"print(kernels.load(Path({str(tmp_path / 'build')!r})))\n"
         "print(kernels.reason())\n"
     )

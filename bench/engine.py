@@ -306,6 +306,28 @@ def bench_scheduler(
     return out
 
 
+def step_ms_by_rows(model, levels: list[int], amx: bool, steps: int = 30) -> dict[int, float]:
+    """Median time of one decode step (``model(tokens, pos)``, what the scheduler calls) at each row count, on
+    the model's cache and compiled step as ``bench_scheduler`` left them; ``amx`` switches AMX tiles."""
+    from engine import kernels
+
+    kernels.set_amx(amx)
+    out = {}
+    with torch.inference_mode():
+        for rows in levels:
+            tokens, pos = torch.zeros(rows, 1, dtype=torch.long), torch.full((rows, 1), 20, dtype=torch.long)
+            for _ in range(3):
+                model(tokens, pos, slot=0, last_only=True)
+            times = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                model(tokens, pos, slot=0, last_only=True)
+                times.append(time.perf_counter() - t)
+            out[rows] = statistics.median(times) * 1000
+    kernels.set_amx(True)
+    return out
+
+
 def ratio(a: float, b: float | None) -> str:
     return f"{a / b:5.2f}x" if b else "   - "
 
@@ -427,6 +449,13 @@ def main() -> None:
                 f"  {n} concurrent: end to end {e2e:7.1f} tok/s ({ratio(e2e, first[0])}) · "
                 f"decode {dec:7.1f} tok/s ({ratio(dec, first[1])})  vs {levels[0]} concurrent"
             )
+        if mode == "compiled" and kernels.amx():
+            by_rows = {amx: step_ms_by_rows(models[mode], levels, amx) for amx in (True, False)}
+            print(f"\ncompiled decode step, median ms by rows (rows x 1 token; ratio to {levels[0]} row):")
+            for amx, label in ((True, "enigma + AMX"), (False, "enigma, vector only")):
+                one = by_rows[amx][levels[0]]
+                cells = " · ".join(f"{n}: {t:5.1f} ({t / one:4.2f}x)" for n, t in by_rows[amx].items())
+                print(f"  {label:20s} {cells}")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@
    shown against the daemon's own timing of those very requests (its ``usage``: from handing the prompt to
    the scheduler to each delta reaching its event loop); that difference is the bus and SDK alone.
 3. Aggregate tokens/s with 1, 4, 8 and 16 SDK clients streaming at once (each its own connection), as a ratio
-   to one client, beside the same counts of concurrent requests on the in-process engine. Target: 8 clients
-   >= 4x one.
+   to one client, beside the same counts of concurrent requests on the in-process engine, each the median of
+   ``--conc-runs`` rounds over all the levels. Target: 8 clients >= 4x one.
 
 The prompt counts ("1, 2, 3, 4, 5,"), so greedy decoding runs to ``max_tokens`` every time and each run does
 the same work. Runs alternate between the paths (the other one idle), so load from elsewhere on the machine
 hits both alike; the concurrency table shows the in-process engine too, to tell the engine's scaling from
 the daemon's.
 
-    .venv/bin/python bench/serve.py [--tokens 128] [--runs 3] [--conc-tokens 64] [--levels 1,4,8,16]
+    .venv/bin/python bench/serve.py [--tokens 128] [--runs 5] [--conc-tokens 64] [--levels 1,4,8,16] [--conc-runs 3]
 """
 
 from __future__ import annotations
@@ -172,7 +172,14 @@ async def bus_stream(client: Any, tokens: int, inside: list[tuple[float, float]]
 
 
 async def measure(
-    engine: InProcess, rpc: str, events: str, tokens: int, runs: int, conc_tokens: int, levels: list[int]
+    engine: InProcess,
+    rpc: str,
+    events: str,
+    tokens: int,
+    runs: int,
+    conc_tokens: int,
+    levels: list[int],
+    conc_runs: int,
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[tuple[float, float]], dict[int, Any]]:
     """Runs alternate between the two paths, so load from elsewhere on the machine hits both alike."""
     from clients.sdk import Client
@@ -188,9 +195,14 @@ async def measure(
             if i:
                 base.append(e[:2])
                 bus.append(b[:2])
-    agg = {}
-    for n in levels:
-        agg[n] = (await engine.concurrent(n, conc_tokens), await bus_concurrent(rpc, events, n, conc_tokens))
+    # Rounds over all levels, each level's figure their median: a burst of load elsewhere on the machine then
+    # spoils one sample of several levels instead of the whole figure of one (the 1-client baseline included).
+    samples: dict[int, tuple[list[float], list[float]]] = {n: ([], []) for n in levels}
+    for _ in range(conc_runs):
+        for n in levels:
+            samples[n][0].append(await engine.concurrent(n, conc_tokens))
+            samples[n][1].append(await bus_concurrent(rpc, events, n, conc_tokens))
+    agg = {n: (statistics.median(e), statistics.median(b)) for n, (e, b) in samples.items()}
     return base, bus, inside, agg
 
 
@@ -213,9 +225,10 @@ async def bus_concurrent(rpc: str, events: str, n: int, tokens: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=128, help="tokens per completion for the TTFT/decode runs")
-    ap.add_argument("--runs", type=int, default=3, help="measured runs per path (after one warm-up)")
+    ap.add_argument("--runs", type=int, default=5, help="measured runs per path (after one warm-up)")
     ap.add_argument("--conc-tokens", type=int, default=64, help="tokens per client in the concurrency runs")
     ap.add_argument("--levels", default="1,4,8,16", help="concurrent client counts")
+    ap.add_argument("--conc-runs", type=int, default=3, help="rounds over the levels (each level: their median)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     max_batch, context = max(levels), 512
@@ -229,7 +242,7 @@ def main() -> None:
             proc, rpc, events = start_daemon(Path(tmpdir), max_batch, context)
             try:
                 base, bus, inside, agg = asyncio.run(
-                    measure(engine, rpc, events, args.tokens, args.runs, args.conc_tokens, levels)
+                    measure(engine, rpc, events, args.tokens, args.runs, args.conc_tokens, levels, args.conc_runs)
                 )
             finally:
                 proc.terminate()

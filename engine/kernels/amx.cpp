@@ -15,9 +15,10 @@
 //
 // Linux hands out AMX's 8 KB of tile state only to processes that ask (arch_prctl ARCH_REQ_XCOMP_PERM);
 // available() asks once. Each call configures the tiles on the thread that runs it and, at the end, puts back
-// whatever configuration the thread had: the OpenMP threads are shared with other libraries in the process
-// (llama.cpp's ggml keeps its own tile configuration loaded across calls, and dies with SIGILL if it is
-// released under it); a thread that had none is released, so it carries no tile state between calls.
+// whatever configuration the thread had: the OpenMP threads are shared with every other library in the
+// process, and one that configures a thread's tiles once and keeps them would fault at its next tile
+// instruction if they were released under it. A thread that had none is released, so it carries no tile
+// state between calls.
 
 #include "amx.h"
 
@@ -47,8 +48,7 @@ struct alignas(64) TileConfig {
 };
 
 // Tile registers: A (activations), two B (weights of two output tiles), two pairs of C (their products, for
-// alternate groups). Macros, not
-// constants: GCC's tile intrinsics paste the register number into the instruction text.
+// alternate groups). Macros, not constants: GCC's tile intrinsics paste the number into the instruction text.
 #define kA 0
 #define kB0 1
 #define kB1 2

@@ -25,9 +25,9 @@ pip_quiet() {
     return "${PIPESTATUS[0]}"
 }
 # llama-cpp-python (the llamacpp backend, bench/engine.py's baseline) builds from source for this CPU, about 6
-# minutes on 2 cores. Built with -march=native on a CPU with AMX, ggml takes its AMX path and dies of SIGILL
-# (tilezero on a thread with no tile configuration), so AMX is left out of its build. The wheel is kept in
-# a folder named for that, not in pip's cache, which would hand back a build made without these flags.
+# minutes on 2 cores. Built with -march=native on a CPU with AMX, ggml takes its AMX path and its first decode
+# dies of SIGILL at a tile instruction (seen on a Xeon with AMX), so AMX is left out of its build. The wheel
+# is kept in a folder named for that, not in pip's cache, which would hand back a build made without these flags.
 LLAMA_CPP_PYTHON=0.3.36
 llama_cpp_python() {
     local no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"

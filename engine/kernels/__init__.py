@@ -142,7 +142,7 @@ def load(build_dir: Path | None = None) -> bool:
             return False
         _state.update(loaded=True, reason="")
         if _off(os.environ.get("ENIGMA_AMX", "")):
-            torch.ops.enigma.set_amx(False)
+            set_amx(False)
         log.info("enigma CPU kernels ready in %.1f s (%s)", time.perf_counter() - t0, build_dir)
         return True
 

@@ -343,7 +343,8 @@ def main() -> None:
         "--modes",
         default="fp32,int8,int4,gguf,compiled,compiled-vector,compiled-torch",
         help="native modes (compiled: gguf + compiled decode; a -torch suffix: PyTorch's kernels, not enigma's; "
-        "-vector: enigma's without AMX tiles)",
+        "-vector: enigma's without AMX tiles (skipped where there are none); -avx2, -avx512, -neon, -neon-dot: "
+        "that kernel set, where the CPU runs it)",
     )
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
@@ -372,14 +373,23 @@ def main() -> None:
     rows: list[Row] = []
     models = {}
     t = time.perf_counter()
-    print(f"enigma kernels: {'loaded' if kernels.load() else kernels.reason()} ({time.perf_counter() - t:.1f}s)\n")
+    print(f"enigma kernels: {'loaded' if kernels.load() else kernels.reason()} ({time.perf_counter() - t:.1f}s)")
+    print(f"CPU: {kernels.describe()}\n")
     for mode in args.modes.split(","):
+        quant, _, suffix = mode.partition("-")
+        if quant not in ("fp32", "int8", "int4", "gguf", "compiled") or suffix not in (
+            "",
+            "torch",
+            "vector",
+            *kernels.ISAS,
+        ):
+            raise SystemExit(f"unknown mode {mode}")
+        if (suffix == "vector" and not kernels.amx()) or (suffix in kernels.ISAS and kernels.unsupported(suffix)):
+            print(f"  skip {mode}: {'no AMX here' if suffix == 'vector' else kernels.unsupported(suffix)}")
+            continue
         model = base if mode == "fp32" else copy.deepcopy(base)
         model.drop_cache()
-        quant, _, suffix = mode.partition("-")
-        kernel = "torch" if suffix == "torch" else "auto"
-        if quant not in ("fp32", "int8", "int4", "gguf", "compiled") or suffix not in ("", "torch", "vector"):
-            raise SystemExit(f"unknown mode {mode}")
+        kernel = "torch" if suffix == "torch" else suffix if suffix in kernels.ISAS else "auto"
         kernels.set_amx(suffix != "vector")
         t = time.perf_counter()
         if quant in ("int8", "int4"):
@@ -389,7 +399,7 @@ def main() -> None:
         q_s = time.perf_counter() - t
         gc.collect()
         row = bench_native(model, tok, prompt, args.decode_tokens, args.repeats, compiled=quant == "compiled")
-        row.name = {"gguf": "native gguf (Q4_1 blocks→int4)", "compiled": "native gguf + compiled decode"}.get(
+        row.name = {"gguf": "native gguf (Q4_1 blocks→int4)", "compiled": "native gguf + compiled"}.get(
             quant, f"native {quant}"
         ) + (f" [{report['kernel']}{'+amx' if report.get('amx') else ''}]" if quant != "fp32" else "")
         if mode != "fp32":
@@ -436,7 +446,7 @@ def main() -> None:
     print(f"peak RSS of the whole run: {peak_rss_mb():.0f} MB")
 
     levels = [int(x) for x in args.concurrency.split(",")]
-    sched_modes = ("gguf", "compiled", "compiled-vector", "compiled-torch")
+    sched_modes = ("gguf", "compiled", "compiled-vector", "compiled-torch", *(f"compiled-{i}" for i in kernels.ISAS))
     for mode in [m for m in sched_modes if m in models] or [next(iter(models))]:
         kernels.set_amx(not mode.endswith("-vector"))
         agg = bench_scheduler(models[mode], tok, args.decode_tokens, levels, args.repeats, mode.startswith("compiled"))
@@ -449,10 +459,13 @@ def main() -> None:
                 f"  {n} concurrent: end to end {e2e:7.1f} tok/s ({ratio(e2e, first[0])}) · "
                 f"decode {dec:7.1f} tok/s ({ratio(dec, first[1])})  vs {levels[0]} concurrent"
             )
-        if mode == "compiled" and kernels.amx():
-            by_rows = {amx: step_ms_by_rows(models[mode], levels, amx) for amx in (True, False)}
+        if mode == "compiled":
+            paths = (True, False) if kernels.amx() else (False,)
+            by_rows = {amx: step_ms_by_rows(models[mode], levels, amx) for amx in paths}
             print(f"\ncompiled decode step, median ms by rows (rows x 1 token; ratio to {levels[0]} row):")
-            for amx, label in ((True, "enigma + AMX"), (False, "enigma, vector only")):
+            for amx, label in ((True, "enigma + AMX"), (False, f"enigma {kernels.active()}, vector only")):
+                if amx not in by_rows:
+                    continue
                 one = by_rows[amx][levels[0]]
                 cells = " · ".join(f"{n}: {t:5.1f} ({t / one:4.2f}x)" for n, t in by_rows[amx].items())
                 print(f"  {label:20s} {cells}")

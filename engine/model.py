@@ -275,8 +275,9 @@ class Attention(nn.Module):
         # Inference may join wq/wk/wv into one projection (engine.quant.fuse_projections): one matmul per layer.
         self.wqkv: nn.Module | None = None
         self.cache: KVCache | None = None
-        # Single-token steps on an fp32 cache use enigma::decode_attention (engine.kernels) when set.
-        self.decode_kernel = False
+        # Single-token steps on an fp32 cache use this op when set: an enigma kernel set's decode_attention
+        # (engine.kernels; engine.quant.prepare_for_inference sets it).
+        self.decode_op: Any = None
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, slot: int, length: int
@@ -294,8 +295,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, hd)
         if self.cache is not None:
             k, v = self.cache.update(slot, input_pos, k, v, length)  # (B, Hkv, L, hd)
-            if t == 1 and self.decode_kernel and self.cache.k.dtype == torch.float32:
-                y = torch.ops.enigma.decode_attention(
+            if t == 1 and self.decode_op is not None and self.cache.k.dtype == torch.float32:
+                y = self.decode_op(
                     q[:, :, 0], self.cache.k, self.cache.v, slot, input_pos[:, 0], 1.0 / math.sqrt(hd)
                 )
                 return self.wo(y.reshape(b, t, h * hd))

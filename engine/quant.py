@@ -1,7 +1,8 @@
 """Weight-only quantization for CPU inference: int8 per output channel, int4 group-wise.
 
-Each quantized layer runs on one of two kernel sets, chosen when it is built: enigma's own (``engine.kernels``,
-on x86 CPUs with AVX-512 BF16, faster at one row and much faster with several) or PyTorch's, everywhere else.
+Each quantized layer runs on the kernels chosen when it is built: one of enigma's own sets (``engine.kernels``:
+AVX-512 BF16, AVX2, or NEON on ARM — faster at one row and much faster with several) or PyTorch's, where none
+runs. The weight layout follows the set: 16-lane tiles for ``avx512``, 8-lane tiles for the others.
 
 Decoding a small model on a CPU reads every weight once per token, so bytes per weight set the speed.
 PyTorch ships fused dequantize-and-multiply kernels for this: ``torch._weight_int8pack_mm`` (int8 weights, one
@@ -32,7 +33,7 @@ from engine.model import Attention, FeedForward, Transformer
 
 MODES = ("int8", "int4")
 _Q4_BLOCK = 32
-KERNELS = ("enigma", "torch")
+KERNELS = ("enigma", "torch", *kernels.ISAS)  # "enigma": the set engine.kernels chose for this machine
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 _INNER_K_TILES = 2
 _KERNEL_DTYPE = torch.bfloat16
@@ -50,12 +51,15 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = qweight.shape
         self.kernel = _kernel_for(kernel, self.in_features)
         q = qweight.to(torch.int8)
-        # PyTorch's kernel reads (out, in) and bf16 scales; ours the lane layout and fp32 scales (the same values:
+        # PyTorch's kernel reads (out, in) and bf16 scales; ours a tile layout and fp32 scales (the same values:
         # they are rounded to bf16 either way).
-        self.register_buffer("weight", self.lane_layout(q) if self.kernel == "enigma" else q.contiguous())
-        dtype = torch.float32 if self.kernel == "enigma" else _KERNEL_DTYPE
+        layout = _layout(self.kernel)
+        weight = {"lane16": self.lane_layout, "tile8": self.tile8_layout}.get(layout, Tensor.contiguous)(q)
+        self.register_buffer("weight", weight)
+        dtype = _KERNEL_DTYPE if self.kernel == "torch" else torch.float32
         self.register_buffer("scales", scales.to(_KERNEL_DTYPE).to(dtype).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._op = None if self.kernel == "torch" else kernels.ops(self.kernel).i8_linear
 
     @classmethod
     def from_float(cls, weight: Tensor, bias: Tensor | None = None, kernel: str | None = None) -> Int8Linear:
@@ -74,12 +78,25 @@ class Int8Linear(nn.Module):
         padded = F.pad(q, (0, 0, 0, tiles * 16 - n))
         return padded.reshape(tiles, 16, k // 2, 2).permute(0, 2, 1, 3).reshape(tiles, k // 2, 32).contiguous()
 
+    @staticmethod
+    def tile8_layout(q: Tensor) -> Tensor:
+        """(out, in) int8 → the tile8 kernels' (tiles, in / 4, 32): output rows in tiles of 8, byte 4j + e of
+        chunk c holding weight (8t + j, 4c + e) (``engine/kernels/tile8.h``)."""
+        n, k = q.shape
+        tiles = -(-n // 8)
+        padded = F.pad(q, (0, 0, 0, tiles * 8 - n))
+        return padded.reshape(tiles, 8, k // 4, 4).permute(0, 2, 1, 3).reshape(tiles, k // 4, 32).contiguous()
+
     def codes(self) -> Tensor:
         """The int8 weight as (out, in), whatever the kernel's layout."""
-        if self.kernel == "torch":
+        layout = _layout(self.kernel)
+        if layout == "torch":
             return self.weight
-        tiles, half, _ = self.weight.shape
-        rows = self.weight.reshape(tiles, half, 16, 2).permute(0, 2, 1, 3).reshape(tiles * 16, half * 2)
+        tiles, chunks, _ = self.weight.shape
+        if layout == "lane16":
+            rows = self.weight.reshape(tiles, chunks, 16, 2).permute(0, 2, 1, 3).reshape(tiles * 16, chunks * 2)
+        else:
+            rows = self.weight.reshape(tiles, chunks, 8, 4).permute(0, 2, 1, 3).reshape(tiles * 8, chunks * 4)
         return rows[: self.out_features]
 
     def dequantize(self) -> Tensor:
@@ -88,8 +105,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.kernel == "enigma":
-            y = torch.ops.enigma.i8_linear(x2, self.weight, self.scales)
+        if self._op is not None:
+            y = self._op(x2, self.weight, self.scales)
         else:
             y = torch._weight_int8pack_mm(x2.to(_KERNEL_DTYPE), self.weight, self.scales)
         y = y.reshape(*lead, self.out_features).to(x.dtype)
@@ -154,6 +171,27 @@ class AffineInt4:
             offset.reshape(tiles, 16, groups).transpose(1, 2).contiguous(),
         )
 
+    def tile8(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The layout the tile8 kernels read (``engine/kernels/tile8.h``): output rows in tiles of 8, inputs in
+        groups of 32 — codes (tiles, groups, 4, 32) uint8, scales (tiles, groups, 8) fp16 and mins (tiles,
+        groups, 8) fp32. Larger groups repeat their scale and min per 32."""
+        n, k = self.codes.shape
+        rep = self.group_size // _Q4_BLOCK
+        tiles, groups = -(-n // 8), k // _Q4_BLOCK
+        pad = tiles * 8 - n
+        codes = F.pad(self.codes.to(torch.uint8), (0, 0, 0, pad))
+        # [t, j, g, c, h, e] with row 8t + j and input 32g + 8c + 4h + e → byte 4j + e of chunk (t, g, c), the
+        # low nibble for h = 0 and the high one for h = 1.
+        c6 = codes.reshape(tiles, 8, groups, 4, 2, 4).permute(0, 2, 3, 1, 5, 4)
+        packed = (c6[..., 0] | (c6[..., 1] << 4)).reshape(tiles, groups, 4, 32).contiguous()
+        scale = F.pad(self.scale.float().repeat_interleave(rep, dim=1), (0, 0, 0, pad)).to(torch.float16)
+        minimum = F.pad(self.minimum.float().repeat_interleave(rep, dim=1), (0, 0, 0, pad))
+        return (
+            packed,
+            scale.reshape(tiles, 8, groups).transpose(1, 2).contiguous(),
+            minimum.reshape(tiles, 8, groups).transpose(1, 2).contiguous(),
+        )
+
     def dequantize(self) -> Tensor:
         n, k = self.codes.shape
         g = self.codes.float().reshape(n, k // self.group_size, self.group_size)
@@ -163,9 +201,9 @@ class AffineInt4:
 class Int4Linear(nn.Module):
     """``y = x @ wᵀ + b`` with ``w`` as 4-bit codes with a per-group scale and offset.
 
-    Two layouts, by kernel: ``enigma`` keeps the lane tiles of ``AffineInt4.q4_tiles`` for ``enigma::q4_linear``
-    (``engine.kernels``), with a GGUF's fp16 scales exactly; ``torch`` packs the codes into PyTorch's int4pack
-    tiles with bf16 scale/zero pairs.
+    Layouts, by kernel: the avx512 set reads the lane tiles of ``AffineInt4.q4_tiles`` (``offsets`` = min −
+    128·scale), the tile8 sets (avx2, neon) ``AffineInt4.tile8`` (``offsets`` = the mins), both with a GGUF's fp16
+    scales exactly; ``torch`` packs the codes into PyTorch's int4pack tiles with bf16 scale/zero pairs.
     """
 
     def __init__(self, q: AffineInt4, bias: Tensor | None = None, kernel: str | None = None) -> None:
@@ -177,11 +215,13 @@ class Int4Linear(nn.Module):
                 f"int4 needs in_features ({self.in_features}) divisible by the group size ({q.group_size}) and 32"
             )
         self.kernel = _kernel_for(kernel, self.in_features)
-        if self.kernel == "enigma":
-            codes, scales, offsets = q.q4_tiles()
+        self._op = None
+        if self.kernel != "torch":
+            codes, scales, offsets = q.q4_tiles() if _layout(self.kernel) == "lane16" else q.tile8()
             self.register_buffer("weight", codes)
             self.register_buffer("scales", scales)
             self.register_buffer("offsets", offsets)
+            self._op = kernels.ops(self.kernel).q4_linear
         else:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.codes.to(torch.int32), _INNER_K_TILES)
             zero = q.minimum.float() + 8.0 * q.scale.float()
@@ -202,8 +242,8 @@ class Int4Linear(nn.Module):
         return self._mm(eye).float().T.contiguous()
 
     def _mm(self, x2: Tensor) -> Tensor:
-        if self.kernel == "enigma":
-            return torch.ops.enigma.q4_linear(x2, self.weight, self.scales, self.offsets, self.out_features)
+        if self._op is not None:
+            return self._op(x2, self.weight, self.scales, self.offsets, self.out_features)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2.to(_KERNEL_DTYPE), self.weight, self.group_size, self.scales_and_zeros
         )
@@ -222,16 +262,26 @@ class Int4Linear(nn.Module):
 
 
 def _kernel_for(kernel: str | None, in_features: int) -> str:
-    """``enigma`` when asked, or by default when the kernels are loaded; ``torch`` otherwise."""
+    """The kernel set a layer uses: ``kernel`` when given (``enigma``: the machine's set), else the machine's set
+    where it is loaded and the shape allows (``in_features`` divisible by 32), else ``torch``."""
     if kernel is None:
-        return "enigma" if kernels.loaded() and in_features % _Q4_BLOCK == 0 else "torch"
+        isa = kernels.active()
+        return isa if isa is not None and kernels.loaded(isa) and in_features % _Q4_BLOCK == 0 else "torch"
     if kernel not in KERNELS:
         raise UnsupportedQuantization(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    if kernel == "enigma" and not kernels.loaded():
-        raise UnsupportedQuantization(f"the enigma kernels are not loaded: {kernels.reason()}")
-    if kernel == "enigma" and in_features % _Q4_BLOCK:
+    if kernel == "torch":
+        return kernel
+    isa = kernels.active() if kernel == "enigma" else kernel
+    if isa is None or not kernels.loaded(isa):
+        raise UnsupportedQuantization(f"the enigma kernels are not loaded: {kernels.reason(isa)}")
+    if in_features % _Q4_BLOCK:
         raise UnsupportedQuantization(f"the enigma kernels need in_features divisible by 32, got {in_features}")
-    return kernel
+    return isa
+
+
+def _layout(kernel: str) -> str:
+    """The weight layout a layer's kernel reads: ``torch``, ``lane16`` (avx512) or ``tile8`` (avx2, neon)."""
+    return "torch" if kernel == "torch" else kernels.layout(kernel)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -343,17 +393,27 @@ def prepare_for_inference(
     if kernel not in ("auto", *KERNELS):
         raise UnsupportedQuantization(f"unknown kernel {kernel!r}; choose auto, enigma or torch")
     chosen = "torch"
-    if kernel != "torch" and kernels.load():
-        chosen = "enigma"
+    if kernel in kernels.ISAS:
+        if not kernels.load(kernel):
+            raise UnsupportedQuantization(f"the {kernel} kernels are unavailable: {kernels.reason(kernel)}")
+        chosen = kernel
+    elif kernel != "torch" and kernels.load():
+        chosen = str(kernels.active())
     elif kernel == "enigma":
         raise UnsupportedQuantization(f"the enigma kernels are unavailable: {kernels.reason()}")
-    # With ours, whether batches of rows run on AMX tiles (CPUs that have them): what decides batched speed.
-    used: dict[str, Any] = {"kernel": chosen} if chosen == "torch" else {"kernel": chosen, "amx": kernels.amx()}
+    # Which set runs, and with ours on AVX-512 whether batches run on AMX tiles: what decides batched speed.
+    used: dict[str, Any] = {"kernel": chosen}
+    if chosen == "avx512":
+        used["amx"] = kernels.amx()
     hd = model.config.hd
+    decode_op = None if chosen == "torch" or hd % 16 else kernels.ops(chosen).decode_attention
+    if chosen == "avx512" and hd not in (64, 128):
+        decode_op = None
     for layer in model.layers:
-        layer.attention.decode_kernel = chosen == "enigma" and hd in (64, 128)
-    # Per layer, None picks enigma's kernel where its shape allows (in_features divisible by 32), else PyTorch's.
-    layer_kernel = None if chosen == "enigma" else "torch"
+        layer.attention.decode_op = decode_op
+    # Per layer, None picks the machine's set where its shape allows (in_features divisible by 32), else
+    # PyTorch's; a set forced by name (tests, benchmarks) is demanded of every layer.
+    layer_kernel = None if chosen == kernels.active() else chosen
     if mode == "float":
         with torch.no_grad():
             fuse_projections(model)

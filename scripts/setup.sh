@@ -8,6 +8,11 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The aarch64 kernels (Raspberry Pi) are built with a cross compiler and checked under qemu-user on x86.
+if [ "$(uname -m)" = x86_64 ]; then
+    command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need_apt+=(g++-aarch64-linux-gnu)
+    command -v qemu-aarch64 >/dev/null 2>&1 || need_apt+=(qemu-user)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     echo "setup: installing system packages: ${need_apt[*]}"

@@ -1,7 +1,8 @@
 """Shared fixtures: a real ``enigmad`` subprocess on free loopback ports with its own data dir.
 
 ``daemon_factory(*flags, env=…, data_dir=…, config=…)`` starts one (several per test are fine: same
-``data_dir`` twice gives a restart); ``daemon`` is one started with defaults. Each yields a ``DaemonProcess``
+``data_dir`` twice gives a restart) and waits until its modules have loaded (``loaded=False``: only until it
+answers); ``daemon`` is one started with defaults. Each yields a ``DaemonProcess``
 with ``.rpc``, ``.events`` (the real endpoints from the ready line), ``.proc``, ``.data_dir``, ``.log_path``,
 ``.config_path``, ``.log()``, ``.send_signal()``, ``.stop()``. Everything started is stopped at teardown
 (SIGTERM, then SIGKILL after a timeout). ``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures.
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from tests.mqtt.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"^enigmad ready rpc=(\S+) events=(\S+)$")
+# Printed once the modules a start loads (in the background, after "ready") are active or failed.
+LOADED = re.compile(r"^enigmad loaded active=(\S+) failed=(\S+)$")
 START_TIMEOUT = 30.0
 
 
@@ -40,7 +44,9 @@ class DaemonProcess:
         self.events = ""
         self.config_path: Path | None = None
         self.stdout_lines: list[str] = []
+        self.loaded_line = ""
         self._ready = threading.Event()
+        self._loaded = threading.Event()
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
 
@@ -72,12 +78,30 @@ class DaemonProcess:
             if m and not self._ready.is_set():
                 self.rpc, self.events = m.group(1), m.group(2)
                 self._ready.set()
+            if LOADED.match(line) and not self._loaded.is_set():
+                self.loaded_line = line
+                self._loaded.set()
         self._ready.set()  # stdout closed: the process is gone; wait_ready() reports why
+        self._loaded.set()
 
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> DaemonProcess:
+    def wait_ready(self, timeout: float = START_TIMEOUT, *, loaded: bool = True) -> DaemonProcess:
+        """Wait for the ready line (the bus answers) and, unless ``loaded=False``, for the loaded line too: the
+        modules load in the background after "ready", and most tests mean to use them. ``timeout`` is for both."""
+        deadline = time.monotonic() + timeout
         if not self._ready.wait(timeout) or not self.rpc:
             self.kill()
             raise RuntimeError(f"enigmad did not become ready (exit code {self.proc.poll()}):\n{self.log()}")
+        if loaded:
+            self.wait_loaded(max(0.0, deadline - time.monotonic()))
+        return self
+
+    def wait_loaded(self, timeout: float = START_TIMEOUT) -> DaemonProcess:
+        """Wait for the loaded line: every module the start loads is active or failed."""
+        if not self._loaded.wait(timeout) or not self.loaded_line:
+            self.kill()
+            raise RuntimeError(
+                f"enigmad did not finish loading its modules (exit code {self.proc.poll()}):\n{self.log()}"
+            )
         return self
 
     @property
@@ -163,9 +187,11 @@ class DaemonLauncher:
         wait: bool = True,
         loopback_ports: bool = True,
         ready_timeout: float = START_TIMEOUT,
+        loaded: bool = True,
     ) -> DaemonProcess:
         """Start enigmad with ``flags``; ``config`` is TOML text written to a file passed with ``--config``
-        (``.config_path``). ``data_dir`` defaults to ``<base>/data``, so a second start is a restart."""
+        (``.config_path``). ``data_dir`` defaults to ``<base>/data``, so a second start is a restart. ``wait``
+        waits for the ready line and, unless ``loaded=False``, for the modules to have loaded."""
         n = next(self._counter)
         data_dir = data_dir or self.base / "data"
         args = [sys.executable, "-X", "faulthandler", "-m", "daemon", "--data-dir", str(data_dir)]
@@ -180,7 +206,7 @@ class DaemonLauncher:
         log_path = self.base / f"enigmad-{n}.log"
         d = DaemonProcess.spawn(args, data_dir, log_path, clean_env(self.base, env), config_path)
         self.started.append(d)
-        return d.wait_ready(ready_timeout) if wait else d
+        return d.wait_ready(ready_timeout, loaded=loaded) if wait else d
 
     def stop_all(self, timeout: float = 20.0) -> None:
         for d in self.started:
@@ -206,7 +232,8 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[StartDaemon]:
-    """``start(*flags, env=, data_dir=, config=, wait=, loopback_ports=, ready_timeout=)`` → ``DaemonProcess``."""
+    """``start(*flags, env=, data_dir=, config=, wait=, loopback_ports=, ready_timeout=, loaded=)`` →
+    ``DaemonProcess``."""
     launcher = DaemonLauncher(tmp_path)
     yield launcher.start
     launcher.stop_all()
@@ -224,3 +251,11 @@ def pytest_configure(config: pytest.Config) -> None:
     Ctrl-C into KeyboardInterrupt. Tests that press Ctrl-C need the ordinary disposition in their children."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the CPU's SIMD features and the kernel set the engine runs here: a run is only comparable with
+    another on the same path (ENIGMA_KERNELS / ENIGMA_AMX force one)."""
+    from engine import kernels
+
+    return f"enigma kernels: {kernels.describe()}"

@@ -440,7 +440,7 @@ bool amx_enabled() { return enigma_amx::enabled(); }
 
 }  // namespace
 
-TORCH_LIBRARY(enigma, m) {
+TORCH_LIBRARY(enigma_avx512, m) {
   m.def("amx_enabled() -> bool", &amx_enabled);
   m.def("set_amx(bool on) -> bool", &set_amx);
   m.def("q4_linear(Tensor x, Tensor codes, Tensor scales, Tensor offsets, int out_features) -> Tensor");
@@ -448,7 +448,7 @@ TORCH_LIBRARY(enigma, m) {
   m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, int slot, Tensor pos, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(enigma, CPU, m) {
+TORCH_LIBRARY_IMPL(enigma_avx512, CPU, m) {
   m.impl("q4_linear", &q4_linear);
   m.impl("i8_linear", &i8_linear);
   m.impl("decode_attention", &decode_attention);

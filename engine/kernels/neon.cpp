@@ -400,18 +400,15 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int8_t* x8, float* d
       float32x4_t v[8];
       ENIGMA_UNROLL
       for (int i = 0; i < 8; ++i) v[i] = vld1q_f32(p + 4 * i);
-      float32x4_t mx = vabsq_f32(v[0]), sm = v[0];
+      float32x4_t mx = vabsq_f32(v[0]);
       ENIGMA_UNROLL
-      for (int i = 1; i < 8; ++i) {
-        mx = vmaxq_f32(mx, vabsq_f32(v[i]));
-        sm = vaddq_f32(sm, v[i]);
-      }
+      for (int i = 1; i < 8; ++i) mx = vmaxq_f32(mx, vabsq_f32(v[i]));
       const float d = vmaxvq_f32(mx) / 127.f;
       dx[r * blocks + b] = d;
-      sx[r * blocks + b] = vaddvq_f32(sm);
       int8_t* q = x8 + r * k + b * kBlock;
       if (d == 0.f) {  // zeros, or so small that the scale underflows
         std::memset(q, 0, kBlock);
+        sx[r * blocks + b] = 0.f;
         continue;
       }
       // x / d rounded to nearest, ties to even (FCVTNS), as torch.round(x / d): a division rather than a
@@ -421,6 +418,11 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int8_t* x8, float* d
       int32x4_t i32[8];
       ENIGMA_UNROLL
       for (int i = 0; i < 8; ++i) i32[i] = vmaxq_s32(vminq_s32(vcvtnq_s32_f32(vdivq_f32(v[i], dv)), lim), nlim);
+      // The quantized block's sum (tile8.h: the Q4 min term needs the sum of what the dot products saw).
+      int32x4_t total = i32[0];
+      ENIGMA_UNROLL
+      for (int i = 1; i < 8; ++i) total = vaddq_s32(total, i32[i]);
+      sx[r * blocks + b] = d * static_cast<float>(vaddvq_s32(total));
       int8x8_t i8[4];
       ENIGMA_UNROLL
       for (int i = 0; i < 4; ++i) i8[i] = vmovn_s16(vcombine_s16(vmovn_s32(i32[2 * i]), vmovn_s32(i32[2 * i + 1])));

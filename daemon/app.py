@@ -1,9 +1,15 @@
 """The daemon's lifecycle: start the pieces in order, serve until told to stop, stop them in reverse.
 
-Start: store → node id → hub and core handlers → module manager (restores autoload + the user's wishes) →
-ZeroMQ server → the ``enigmad ready rpc=… events=…`` line (stdout and log) and systemd ``READY=1``.
+Start: store → node id → hub and core handlers → module manager (plans autoload + the user's wishes) →
+ZeroMQ server → the ``enigmad ready rpc=… events=…`` line (stdout and log) and systemd ``READY=1`` → the
+modules load in the background, then the ``enigmad loaded active=… failed=…`` line and ``sys.loaded``.
+The bus answers before any model work because a model load takes 50-139 s on a small machine, and a daemon
+that is silent that long looks dead to its clients, to ``enigma status`` and to a systemd start timeout.
+Calls to a loading module's methods wait for it (``daemon.manager``); ``sys.status`` and ``STATUS=`` say what
+is still loading.
 Stop (SIGTERM/SIGINT), within ``daemon.shutdown_timeout``: the server stops accepting and ends in-flight
-requests with ``cancelled``, modules unload (dependents first), the store checkpoints and closes; exit 0.
+requests with ``cancelled``, loads still running are cancelled, modules unload (dependents first), the store
+checkpoints and closes; exit 0.
 SIGHUP re-reads the config: log levels and additions to the autoload list apply at once (a module dropped
 from the list keeps running until unloaded), the allow-list is re-read, ``[modules.<name>]`` tables apply
 the next time that module loads; endpoint, data-dir and security changes are logged as needing a restart.
@@ -26,11 +32,11 @@ from daemon import logging as dlog
 from daemon.config import Config, ConfigError, derive_node_id
 from daemon.handlers import Core, register_all
 from daemon.hub import Hub
-from daemon.manager import ModuleManager
+from daemon.manager import DEFAULT_LOAD_WAIT, ModuleManager
 from daemon.module import ModuleContext
 from daemon.notify import Notifier
 from daemon.store import Store
-from daemon.topics import SYS_RELOADED, SYS_STARTED, SYS_STOPPING
+from daemon.topics import MODULE_STATE, SYS_LOADED, SYS_RELOADED, SYS_STARTED, SYS_STOPPING
 
 log = logging.getLogger("enigma.daemon")
 
@@ -85,15 +91,20 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loading: asyncio.Task[None] | None = None  # the modules' background load (``_load_modules``)
+        self._planned: list[str] = []
         self.notifier = Notifier()
 
     # -- start --------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Bring everything up; on failure, closes what was opened and re-raises."""
+        """Bring the daemon up to answering requests, then start loading the modules in the background; on a
+        failure before serving, closes what was opened and re-raises."""
         from bus.zmq_server import ZmqServer
 
         cfg = self.config
         cfg.check_modules(self.registry)
+        for name in cfg.modules.sections:
+            load_wait(cfg, name)  # a bad value fails the start, naming the key, not the first call that waits
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.store = await Store.open(cfg.data_dir)
@@ -101,12 +112,16 @@ class Daemon:
             if cfg.security.curve:  # before the modules: a bad key file should fail fast, not after a model load
                 self.auth = server_auth(cfg)
             self.hub = Hub()
-            self.notifier.status("loading modules")
-            self.manager = ModuleManager(self.hub, self.store, self.registry, self._context_for)
+            self.notifier.status("starting")
+            self.manager = ModuleManager(
+                self.hub, self.store, self.registry, self._context_for, load_wait=lambda n: load_wait(self.config, n)
+            )
             self.core = Core(self.hub, self.manager, node_id, self.boot_id, version(), cfg.data_dir)
             self.core.daemon = self
             register_all(self.hub, self.core)
-            await self.manager.restore(cfg.autoload_for(self.registry))
+            # Planned, not loaded: from here a call to a planned module's method waits for it instead of
+            # failing, so the server may answer before the modules are up.
+            self._planned = await self.manager.plan(cfg.autoload_for(self.registry))
             self.server = ZmqServer(
                 self.hub,
                 rpc=cfg.daemon.rpc,
@@ -127,14 +142,62 @@ class Daemon:
         line = f"enigmad ready rpc={eps['rpc']} events={eps['events']}"
         log.info(line, extra={"kv": {"node_id": node_id, "boot_id": self.boot_id, "pid": os.getpid()}})
         print(line, flush=True)
+        self.core.phase = "loading" if self._planned else "ready"
         # Only now: the endpoints are bound and the store is open, so a client started after us gets answers.
+        # READY=1 means "answering", not "model loaded": STATUS= says what is still loading.
         self.notifier.ready(self._status_line())
         self._spawn(self.notifier.run_watchdog)
         self._spawn(self._status_loop)
+        if self._planned:
+            self._loading = asyncio.get_running_loop().create_task(self._load_modules(), name="enigmad-modules")
+            self._loading.add_done_callback(_report_crash)
+        else:
+            self._loaded(0.0)
+
+    async def wait_loaded(self) -> None:
+        """Return once the modules this start loads are active or failed (at once when there were none)."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
+    async def _load_modules(self) -> None:
+        """Load the planned modules (autoload + wishes) while the bus serves; a module that fails is logged
+        and left FAILED, as at any start. Cancelled by ``stop``: each unfinished load then ends FAILED."""
+        assert self.manager is not None
+        assert self.hub is not None
+        started = time.monotonic()
+        # STATUS= follows every transition, so ``systemctl status`` shows the model's load as it goes.
+        remove = self.hub.add_listener(MODULE_STATE, lambda _t, _b: self.notifier.status(self._status_line()))
+        try:
+            await self.manager.restore(planned=self._planned)
+        finally:
+            remove()
+        self._loaded(time.monotonic() - started)
+
+    def _loaded(self, seconds: float) -> None:
+        assert self.manager is not None
+        assert self.hub is not None
+        assert self.core is not None
+        self.core.phase = "ready"
+        modules = {m["name"]: m for m in self.manager.list()}
+        active = [n for n in self._planned if modules[n]["state"] == "active"]
+        failed = {n: modules[n]["error"] or modules[n]["state"] for n in self._planned if n not in active}
+        self.hub.publish(SYS_LOADED, {"active": active, "failed": failed, "seconds": round(seconds, 1)})
+        line = f"enigmad loaded active={','.join(active) or '-'} failed={','.join(failed) or '-'}"
+        log.info(line, extra={"kv": {"seconds": round(seconds, 1)}})
+        print(line, flush=True)  # always, also with nothing to load: scripts and tests wait for this line
+        self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
+        """systemd's STATUS=: what is still loading while the modules come up, then what is being served."""
+        states = self.manager.states() if self.manager else []
+        active = sum(1 for m in states if m["state"] == "active")
+        if self.core is not None and self.core.phase == "loading" and self.manager is not None:
+            loading = self.manager.loading()
+            if loading:
+                what = ", ".join(f"{m['name']} ({m.get('stage') or m['state']}, {m['for']:.0f} s)" for m in loading)
+                done = sum(1 for m in states if m["name"] in self._planned and m["state"] == "active")
+                return f"loading {what}; {done} of {len(self._planned)} modules active"
         stats = self.server.stats() if self.server is not None else {}
-        active = sum(1 for m in self.manager.list() if m.get("state") == "active") if self.manager else 0
         return (
             f"serving: {stats.get('clients', 0)} clients, {stats.get('inflight', 0)} requests in flight, "
             f"{active} modules active"
@@ -166,9 +229,11 @@ class Daemon:
     def _context_for(self, name: str) -> ModuleContext:
         assert self.hub is not None
         assert self.core is not None
+        config = self.config.section(f"modules.{name}")
+        config.pop("load_wait", None)  # the manager's key, not the module's
         return ModuleContext(
             hub=self.hub,
-            config=self.config.section(f"modules.{name}"),
+            config=config,
             data_dir=self.config.data_dir,
             node_id=self.core.node_id,
             log=logging.getLogger(f"enigma.module.{name}"),
@@ -240,6 +305,14 @@ class Daemon:
             elif closing.exception() is not None:
                 log.error("closing the ZeroMQ server failed", exc_info=closing.exception())
             self.server = None
+        loading, self._loading = self._loading, None
+        if loading is not None and not loading.done():
+            loading.cancel()  # each unfinished load ends FAILED ("load cancelled") and undoes what it did
+            budget = max(0.5, (deadline - loop.time()) / 2)
+            done, _ = await asyncio.wait([loading], timeout=budget)
+            if not done:
+                log.error("module loads did not stop within %.1fs of being cancelled; going on", budget)
+                _log_stuck_tasks()
         if self.manager is not None:
             try:
                 await asyncio.wait_for(self.manager.shutdown(), max(0.5, deadline - loop.time()))
@@ -304,6 +377,21 @@ class Daemon:
             self.hub.publish(SYS_RELOADED, {"changed": changed})
         log.info("config reloaded", extra={"kv": {"changed": ",".join(changed) or "-"}})
         return changed
+
+
+def load_wait(config: Config, name: str) -> float:
+    """``[modules.<name>] load_wait``: seconds a call waits for that module to finish loading."""
+    value = config.section(f"modules.{name}").get("load_wait", DEFAULT_LOAD_WAIT)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"modules.{name}.load_wait must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A bug in the background load would otherwise vanish with its task (each module's own failure is
+    already logged by the manager)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading the modules failed", exc_info=task.exception())
 
 
 def _log_stuck_tasks() -> None:

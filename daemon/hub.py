@@ -4,6 +4,10 @@ Transports are adapters around it (see ``bus.service``). A component registers h
 they need and an optional JSON-schema for the body; the hub checks both before the handler runs, so handlers
 can trust the shape of what they get. Events fan out synchronously to listeners (which only enqueue), and the
 last few events of every topic are kept for late joiners (``event.replay``).
+
+A method can be *expected* (``Hub.expect``) while the module that declares it is still loading: the daemon
+answers requests before its modules are up (the model alone can take a minute), so a call to such a method
+waits for the module instead of being told ``unknown_method`` or reaching a handler whose backend is not ready.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Hub:
     def __init__(self, replay_per_topic: int = 50, max_topics: int = 1024) -> None:
         self._routes: dict[str, Route] = {}
         self._fronts: dict[str, Front] = {}
+        self._expected: dict[str, Callable[[], Awaitable[None]]] = {}
         self._listeners: list[tuple[str, EventListener]] = []
         self._replay: OrderedDict[str, deque[StoredEvent]] = OrderedDict()
         self._replay_per_topic = replay_per_topic
@@ -107,9 +112,32 @@ class Hub:
 
         return remove
 
+    def expect(self, method: str, wait: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Until the returned function is called, a call to ``method`` first awaits ``wait()``, then dispatches.
+
+        The module manager expects the methods a module declares while that module is queued or loading:
+        ``wait()`` returns once the module is active and raises the bus error a caller should get otherwise
+        (the load failed, or it took longer than the caller may wait). Checked before the route, because a
+        module may register its handlers early in ``load()`` and only then bring its backend up.
+        """
+        if method in self._expected:
+            raise ValueError(f"method {method!r} is already expected")
+        self._expected[method] = wait
+
+        def done() -> None:
+            if self._expected.get(method) is wait:
+                del self._expected[method]
+
+        return done
+
+    def expects(self, method: str) -> bool:
+        """True while a module that declares ``method`` is being loaded (see ``expect``)."""
+        return method in self._expected
+
     def serves(self, method: str) -> bool:
-        """True when a call to ``method`` can be answered: a handler is registered or a front takes it."""
-        return method in self._routes or method in self._fronts
+        """True when a call to ``method`` can be answered: a handler is registered, a front takes it, or the
+        module that declares it is loading (the call then waits for it)."""
+        return method in self._routes or method in self._fronts or method in self._expected
 
     def methods(self) -> list[Route]:
         return sorted(self._routes.values(), key=lambda r: r.method)
@@ -124,6 +152,9 @@ class Hub:
         return await self._dispatch_local(call)
 
     async def _dispatch_local(self, call: Call) -> Result:
+        wait = self._expected.get(call.method)
+        if wait is not None:
+            await wait()
         route = self._routes.get(call.method)
         if route is None:
             raise UnknownMethod(f"unknown method {call.method!r}")

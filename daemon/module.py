@@ -83,3 +83,10 @@ class Module:
     def info(self) -> dict[str, Any]:
         """Extra, module-specific facts for ``module.list`` (e.g. the model a backend has loaded)."""
         return {}
+
+    def progress(self) -> str:
+        """What ``load()`` is doing right now, in a few words (``"loading SmolLM2-135M-Instruct"``), or ``""``.
+
+        Shown by ``sys.status`` and systemd's ``STATUS=`` while the module loads, so that a user facing a slow
+        start sees what it waits for. Called on the loop: it must only read an attribute or two."""
+        return ""

@@ -20,6 +20,9 @@ class ModuleStateBody(TypedDict):
 # The daemon is up / going down: {"node_id", "boot_id", "version"} and {"node_id", "boot_id", "reason"}.
 SYS_STARTED: Final = "sys.started"
 SYS_STOPPING: Final = "sys.stopping"
+# The modules a start restores in the background are done (active or failed): {"active": [names],
+# "failed": {name: error}, "seconds": float}. From here on sys.status says phase "ready".
+SYS_LOADED: Final = "sys.loaded"
 # A backup was restored live (backup.restore): {"node_id", "backup": {node_id, created, schema, …}, "modules"}.
 SYS_RESTORED: Final = "sys.restored"
 # The config was reloaded (SIGHUP): {"changed": [dotted keys]}, or {"changed": [], "error"} when it was refused.

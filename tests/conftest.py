@@ -188,13 +188,15 @@ class DaemonLauncher:
         loopback_ports: bool = True,
         ready_timeout: float = START_TIMEOUT,
         loaded: bool = True,
+        main: str = "daemon",
     ) -> DaemonProcess:
         """Start enigmad with ``flags``; ``config`` is TOML text written to a file passed with ``--config``
         (``.config_path``). ``data_dir`` defaults to ``<base>/data``, so a second start is a restart. ``wait``
-        waits for the ready line and, unless ``loaded=False``, for the modules to have loaded."""
+        waits for the ready line and, unless ``loaded=False``, for the modules to have loaded. ``main`` is the
+        module run with ``-m``: a test build of enigmad with extra modules (``tests.daemon.gated_daemon``)."""
         n = next(self._counter)
         data_dir = data_dir or self.base / "data"
-        args = [sys.executable, "-X", "faulthandler", "-m", "daemon", "--data-dir", str(data_dir)]
+        args = [sys.executable, "-X", "faulthandler", "-m", main, "--data-dir", str(data_dir)]
         if loopback_ports:
             args += ["--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0"]
         config_path = None
@@ -232,7 +234,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[StartDaemon]:
-    """``start(*flags, env=, data_dir=, config=, wait=, loopback_ports=, ready_timeout=, loaded=)`` →
+    """``start(*flags, env=, data_dir=, config=, wait=, loopback_ports=, ready_timeout=, loaded=, main=)`` →
     ``DaemonProcess``."""
     launcher = DaemonLauncher(tmp_path)
     yield launcher.start

@@ -30,6 +30,9 @@ class Core:
     started: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
     server: Any = None  # bus.zmq_server.ZmqServer: .endpoints, .stats()
+    # "starting" (store and hub coming up) → "loading" (serving; modules still loading in the background) →
+    # "ready" (every module a start loads is active or failed). Set by daemon.app.
+    phase: str = "starting"
     daemon: Any = None  # daemon.app.Daemon: backup.restore swaps its store live (daemon.handlers.backup)
 
     def uptime(self) -> float:

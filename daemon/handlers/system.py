@@ -20,10 +20,13 @@ def register(hub: Hub, core: Core) -> list[Callable[[], None]]:
         return {**call.body, "pong": True, "ts": time.time(), "boot_id": core.boot_id, "node_id": core.node_id}
 
     async def status(call: Call) -> dict[str, Any]:
-        """The daemon at a glance: identity, uptime, every module's state, endpoints and transport figures
-        (``clients``, ``inflight``, ``requests``, ``errors`` … from the ZeroMQ server)."""
+        """The daemon at a glance: identity, uptime, ``phase`` (``starting``/``loading``/``ready``) and what is
+        still ``loading`` (``[{"name", "state", "for", "stage"?}]``), every module's state, endpoints and
+        transport figures (``clients``, ``inflight``, ``requests``, ``errors`` … from the ZeroMQ server)."""
         stats: dict[str, Any] = core.server.stats() if core.server is not None else {}
         return {
+            "phase": core.phase,
+            "loading": core.manager.loading(),
             "node_id": core.node_id,
             "version": core.version,
             "boot_id": core.boot_id,

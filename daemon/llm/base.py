@@ -188,6 +188,9 @@ class Backend(ABC):
         self.model = model  # the name or path the user configured
         self.options = options
         self.context_length = int(options.get("context_length", 2048))
+        # What load() is doing now ("loading SmolLM2-135M-Instruct"), for sys.status while the model comes up;
+        # a plain attribute, so an engine thread may set it and the loop read it.
+        self.stage = ""
 
     @abstractmethod
     async def load(self) -> None: ...

@@ -86,6 +86,12 @@ class LLMModule(Module):
             return {"backend": self.backend_kind}
         return {**self.service.backend.info(), "state": self.service.state}
 
+    def progress(self) -> str:
+        """The backend's own stage ("loading <file>") while it loads: the step a start spends its time in."""
+        if self.service is None:
+            return "reading the configuration"
+        return self.service.backend.stage or self.service.state
+
 
 class NativeLLMModule(LLMModule):
     """Also serves the model store: ``model.list|show|add|remove|load``. ``[modules.llm]`` options:

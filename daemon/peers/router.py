@@ -78,7 +78,8 @@ class Router:
             return LOCAL
         model = call.body.get("model")
         model = model if isinstance(model, str) and model else None
-        has_local = self.hub.route("llm.chat") is not None
+        # A local backend still loading counts: the call waits for it (Hub.expect) rather than leaving the host.
+        has_local = self.hub.route("llm.chat") is not None or self.hub.expects("llm.chat")
         up = [link for link in self._links() if link.up and link.models()]
         if model is not None:
             if has_local and await self.local_model(call.caller) == model:

@@ -102,6 +102,59 @@ class Stuck(Module):
         await asyncio.Event().wait()
 
 
+class Gated(Module):
+    """A load that takes as long as the test wants, with no sleep anywhere: ``load()`` registers ``gate.<name>``
+    and waits until the test calls it (``{"fail": "why"}`` fails the load). ``gate.<name>`` is not declared in
+    ``provides``, so a call to it never waits for the module itself; ``gated.hi`` is registered before the
+    wait, as the LLM module registers its handlers before its model is up: calls to it must still wait."""
+
+    name = "gated"
+    provides: ClassVar[tuple[str, ...]] = ("gated.hi",)
+
+    async def load(self) -> None:
+        opened: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        async def open_gate(call: Call) -> dict[str, Any]:
+            if not opened.done():
+                opened.set_result(call.body.get("fail"))
+            return {"opened": True}
+
+        self.ctx.register(f"gate.{self.name}", open_gate, access="admin")
+        self.register_early()
+        fail = await opened
+        if fail:
+            raise RuntimeError(fail)
+
+    def register_early(self) -> None:
+        self.ctx.register("gated.hi", _hi)
+
+    def progress(self) -> str:
+        return "waiting for the gate"
+
+
+class GatedLLM(Gated):
+    """A language-model module (slot ``llm``, the methods chat calls) behind the same gate: what ``chat.send``
+    meets while the real model loads, with a reply the test can predict."""
+
+    name = "gated_llm"
+    slot = "llm"
+    provides = ("llm.chat", "llm.stats")
+    REPLY: ClassVar[tuple[str, ...]] = ("Hello", " from", " the gate")
+
+    def register_early(self) -> None:
+        self.ctx.register("llm.chat", self.chat, stream=True)
+        self.ctx.register("llm.stats", self.stats, access="device")
+
+    async def stats(self, call: Call) -> dict[str, Any]:
+        return {"state": "ready", "backend": "gated", "model": "gated", "queue": 0, "active": 0}
+
+    async def chat(self, call: Call) -> dict[str, Any]:
+        for text in self.REPLY:
+            await call.emit({"text": text})
+        usage = {"model": "gated", "prompt_tokens": 1, "completion_tokens": len(self.REPLY), "finish_reason": "stop"}
+        return {"usage": {**usage, "ttft_ms": 0.0, "total_ms": 0.0, "decode_tokens_per_s": None}}
+
+
 class CycleA(Module):
     name = "cycle_a"
     depends = ("cycle_b",)
@@ -126,6 +179,8 @@ NAMES = (
     "CycleA",
     "CycleB",
     "Stuck",
+    "Gated",
+    "GatedLLM",
 )
 REGISTRY: dict[str, str] = {globals()[cls].name: f"tests.daemon.fake_modules:{cls}" for cls in NAMES} | {
     "missing_dep": "tests.daemon.no_such_file:Nothing"

@@ -45,14 +45,22 @@ async def test_shutdown_time_limit_cuts_off_a_module_that_never_unloads(tmp_path
     assert not (tmp_path / "data" / "enigma.db-wal").exists()
 
 
-async def test_start_restores_autoload_before_serving(tmp_path: Path) -> None:
+async def test_start_serves_first_and_restores_autoload_in_the_background(tmp_path: Path) -> None:
     d = Daemon(config(tmp_path, **{"modules.autoload": ["alpha"]}), registry=REGISTRY)
     await d.start()
     try:
         assert d.manager is not None
-        assert d.manager.state("alpha") is ModuleState.ACTIVE
         assert d.hub is not None
+        assert d.core is not None
+        assert d.server is not None
+        assert d.manager.state("alpha") is not ModuleState.ACTIVE
+        assert d.core.phase == "loading"
+        assert d.hub.expects("alpha.hi")  # a call now waits for the module rather than being unknown
+        await d.wait_loaded()
+        assert d.manager.state("alpha") is ModuleState.ACTIVE
         assert d.hub.route("alpha.hi") is not None
+        assert not d.hub.expects("alpha.hi")
+        assert d.core.phase == "ready"
     finally:
         await d.stop()
 

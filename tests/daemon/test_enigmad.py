@@ -33,6 +33,7 @@ async def test_status_reports_identity_modules_and_endpoints(daemon: DaemonProce
     assert status["uptime"] >= 0
     assert status["clients"] >= 1
     assert status["inflight"] == 1  # this very request
+    assert (status["phase"], status["loading"]) == ("ready", [])  # nothing to load: ready at once
 
 
 async def test_node_id_is_derived_once_and_kept(daemon_factory: StartDaemon) -> None:

@@ -1,4 +1,5 @@
-"""enigmad under a fake systemd: READY only once serving, watchdog from the loop, reload and stop states."""
+"""enigmad under a fake systemd: READY once serving (before the modules load), STATUS= while they load,
+watchdog from the loop, reload and stop states."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, DaemonProcess, StartDaemon, clean_env
+from tests.daemon import gated_daemon
 from tests.daemon.raw_client import RawClient
 
 WATCHDOG_USEC = 200_000  # 0.2 s timeout → a ping every 0.1 s
@@ -94,6 +96,27 @@ async def test_ready_is_sent_only_when_endpoints_answer(daemon_factory: StartDae
     assert first["READY"] == "1"
     assert first["STATUS"].startswith("serving:")
     assert (await _ping(d))["pong"] is True
+
+
+async def test_ready_comes_before_the_modules_load_and_status_says_what_is_loading(
+    daemon_factory: StartDaemon, systemd: FakeSystemd
+) -> None:
+    config = "[modules]\nautoload = ['gated']\n"
+    d = daemon_factory(env=systemd.env(), config=config, main=gated_daemon.MAIN, loaded=False)
+    ready = systemd.wait_for("READY")
+    # READY=1 means "answering": the module is still queued or loading, and STATUS= says so.
+    assert ready["STATUS"].startswith("loading gated (")
+    assert ready["STATUS"].endswith("; 0 of 1 modules active")
+    assert (await _ping(d))["pong"] is True
+    client = RawClient(d.rpc, d.events)
+    try:
+        await gated_daemon.open_gate(client, "gated")
+    finally:
+        client.close()
+    while not (status := systemd.wait_for("STATUS")["STATUS"]).startswith("serving:"):
+        assert status.startswith("loading gated (")
+    assert status.endswith(", 1 modules active")
+    d.wait_loaded()
 
 
 async def test_watchdog_pings_arrive_periodically(daemon_factory: StartDaemon, systemd: FakeSystemd) -> None:

@@ -99,8 +99,10 @@ class NativeBackend(Backend):
         self.scheduler: Scheduler | None = None
         self.tokenizer: Tokenizer | None = None
         self.meta: dict[str, Any] = {}
+        self._abandoned = threading.Event()  # unload() came before the load finished
 
     async def load(self) -> None:
+        self.stage = "finding the model"
         self.path = await asyncio.to_thread(resolve_model_path, self.model, self.data_dir)
         if self.model == "default":
             from engine.loader import DEFAULT_MODEL_NAME
@@ -129,9 +131,12 @@ class NativeBackend(Backend):
         try:
             scheduler, tokenizer = self._load_blocking(path)
         except BaseException as exc:  # reported to load()'s caller, which turns it into the module's error
-            loop.call_soon_threadsafe(settle, None, exc)
+            _call_soon(loop, settle, None, exc)
             return
-        scheduler.run(ready=lambda: loop.call_soon_threadsafe(settle, (scheduler, tokenizer), None))
+        if self._abandoned.is_set():  # unloaded (a shutdown during the load): nobody is left to serve
+            return
+        self.stage = "starting the scheduler"
+        scheduler.run(ready=lambda: _call_soon(loop, settle, (scheduler, tokenizer), None))
 
     def _load_blocking(self, path: Path) -> tuple[Scheduler, Tokenizer]:
         import torch
@@ -144,6 +149,7 @@ class NativeBackend(Backend):
         if dtype is None:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         max_seq = int(self._max_seq) if self._max_seq else DEFAULT_CONTEXT
+        self.stage = f"loading {path.name}"
         loaded = load_model(path, dtype=dtype, max_seq_len=max_seq)
         self.context_length = min(max_seq, loaded.config.max_seq_len)
         self.meta = {"source": loaded.source, "arch": loaded.config.arch, **_plain(loaded.meta)}
@@ -155,6 +161,7 @@ class NativeBackend(Backend):
         scheduler = Scheduler(
             loaded.model, loaded.tokenizer, self.max_batch, max_queue=self.max_queue, max_seq=self.context_length
         )
+        self.stage = "compiling the decode step"
         report = compile_decode(
             loaded.model, self.compile, batch_sizes=(1, min(2, self.max_batch)), cache_dir=compile_cache_dir()
         )
@@ -172,10 +179,14 @@ class NativeBackend(Backend):
     async def unload(self) -> None:
         scheduler, self.scheduler = self.scheduler, None
         thread, self._thread = self._thread, None
+        self._abandoned.set()
         if scheduler is not None:
             await asyncio.to_thread(scheduler.stop)
-        if thread is not None:
+        if thread is not None and scheduler is not None:
             await asyncio.to_thread(thread.join, 10.0)
+        # Without a scheduler the load was cancelled mid-way (a SIGTERM while the model loads): torch cannot be
+        # interrupted, and joining would hold the shutdown for as long as the load has left (tens of seconds).
+        # The thread is a daemon thread and sees ``_abandoned`` as soon as the model is built, then ends.
 
     def _tok(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -232,3 +243,12 @@ def compile_cache_dir() -> Path:
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:
     """The scalar facts of a loader's metadata (what can travel on the bus as is)."""
     return {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool) and not isinstance(v, bytes)}
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    """``call_soon_threadsafe`` from the engine thread, which may outlive the loop of a daemon that stopped
+    while it loaded: the result then has nobody to go to."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed
+        log.debug("the event loop closed before the engine thread reported back")

@@ -56,6 +56,7 @@ _STATUS_ORDER = {
     "pid": "pid",
     "started": "started",
     "uptime": "uptime",
+    "phase": "phase",
     "data_dir": "data dir",
     "clients": "clients",
     "inflight": "in flight",
@@ -69,13 +70,16 @@ async def status(ctx: Context) -> Output:
 
 
 def status_output(body: dict[str, Any], rpc: str) -> Output:
-    """Top-level facts as aligned fields, nested maps as titled blocks, the modules as a NAME/STATE table."""
+    """Top-level facts as aligned fields, nested maps as titled blocks, the modules as a NAME/STATE table and,
+    while the daemon is still bringing modules up (``phase`` ``loading``), what it is loading and for how long:
+    the daemon answers long before its model is ready, and that is what the user wants to know then."""
     from clients.cli.render import Column, Fields, Group, Table, Text, duration, when
 
     facts: list[tuple[str, Any]] = [("daemon", rpc)]
     blocks: list[Table | Fields | Text] = []
     caller = body.get("caller")
     ordered = [k for k in _STATUS_ORDER if k in body] + sorted(k for k in body if k not in _STATUS_ORDER)
+    loading: Table | None = None
     for key in ordered:
         value = body[key]
         label = _STATUS_ORDER.get(key, key)
@@ -84,6 +88,16 @@ def status_output(body: dict[str, Any], rpc: str) -> Output:
             if any(isinstance(m, dict) and m.get("error") for m in value):
                 columns.append(Column("error", "ERROR"))
             blocks.insert(0, Table(columns, value, title="modules", empty="(no modules)"))  # what people look for
+        elif key == "loading" and isinstance(value, list):
+            if value:  # shown only while something loads; the phase says the rest
+                columns = [
+                    Column("name", "NAME"),
+                    Column("state", "STATE", state=True),
+                    Column("for", "FOR", right=True, fmt=duration),
+                    Column("waiting", "WAITING", right=True),
+                    Column("stage", "STAGE"),
+                ]
+                loading = Table(columns, value, title="loading")
         elif key == "caller" and isinstance(caller, dict):
             facts.append(("you", f"{caller.get('role', '?')} via {caller.get('transport', '?')}"))
         elif isinstance(value, dict):
@@ -94,6 +108,8 @@ def status_output(body: dict[str, Any], rpc: str) -> Output:
             facts.append((label, when(value)))
         else:
             facts.append((label, value))
+    if loading is not None:
+        blocks.insert(1 if isinstance(body.get("modules"), list) else 0, loading)  # right under the modules
     return Group([Fields(facts), *blocks], data=body)
 
 

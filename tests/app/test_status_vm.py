@@ -7,7 +7,9 @@ import pytest
 from clients.robot.node import RobotNode
 from tests.app.conftest import Views
 from tests.app.waiting import wait_until
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, StartDaemon
+from tests.daemon import gated_daemon
+from tests.daemon.raw_client import RawClient
 
 
 async def test_status_shows_the_daemon_at_a_glance(views: Views, daemon: DaemonProcess) -> None:
@@ -70,3 +72,24 @@ async def test_estop_without_the_robots_module_says_so(views: Views, daemon: Dae
     await views.connect(daemon)
     assert await views.status.estop() is False
     assert views.status.error == "e-stop failed: unknown method 'robot.command'"
+
+
+async def test_status_shows_what_the_daemon_is_still_loading(views: Views, daemon_factory: StartDaemon) -> None:
+    config = "[modules]\nautoload = ['gated_llm']\n"
+    d = daemon_factory(config=config, main=gated_daemon.MAIN, loaded=False)
+    c = RawClient(d.rpc, d.events)
+    try:
+        await gated_daemon.wait_module_state(c, "gated_llm", "loading")
+        await views.connect(d)
+        await views.status.refresh()
+        rows = dict(views.status.summary())
+        assert rows["Starting up"].startswith("gated_llm: waiting for the gate, ")
+        assert rows["Model"].startswith("loading (gated_llm: waiting for the gate, ")
+        assert views.status.llm is None  # llm.stats was not asked: it would have waited for the model
+        await c.call("gate.gated_llm")
+    finally:
+        c.close()
+    await wait_until(views.status, lambda: views.status.llm is not None, what="the model's stats once it is up")
+    rows = dict(views.status.summary())
+    assert "Starting up" not in rows
+    assert rows["Model"] == "gated (gated)"

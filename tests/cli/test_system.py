@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from tests.cli.conftest import Run
-from tests.conftest import DaemonProcess
+from tests.cli.conftest import Run, pointed_at, runner
+from tests.conftest import DaemonProcess, StartDaemon
+from tests.daemon import gated_daemon
+from tests.daemon.raw_client import RawClient
 
 
 def test_ping_json_carries_pong_boot_id_and_round_trip(cli: Run, shared_daemon: DaemonProcess) -> None:
@@ -93,3 +95,29 @@ def test_stream_without_chunks_in_time_exits_4(cli: Run) -> None:
     assert r.returncode == 4
     assert r.stdout == '{"i":0}\n'
     assert r.stderr == "enigma: echo.count: no answer within 0.5 s (timeout) — give it longer with --timeout SECONDS\n"
+
+
+async def test_status_shows_the_phase_and_what_is_still_loading(
+    daemon_factory: StartDaemon, cli_env: dict[str, str]
+) -> None:
+    d = daemon_factory(config="[modules]\nautoload = ['gated']\n", main=gated_daemon.MAIN, loaded=False)
+    cli = runner(pointed_at(d, cli_env))
+    c = RawClient(d.rpc, d.events)
+    try:
+        await gated_daemon.wait_module_state(c, "gated", "loading")
+        r = cli("status")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert "phase      loading" in lines
+        table = lines[lines.index("loading") + 1 :]
+        assert table[0].split() == ["NAME", "STATE", "FOR", "WAITING", "STAGE"]
+        assert table[1].split()[:2] == ["gated", "loading"]
+        assert table[1].endswith(" 0  waiting for the gate")
+        await c.call("gate.gated")
+        await gated_daemon.wait_module_state(c, "gated", "active")
+    finally:
+        c.close()
+    d.wait_loaded()
+    r = cli("status")
+    assert "phase      ready" in r.stdout.splitlines()
+    assert "loading" not in r.stdout.splitlines()

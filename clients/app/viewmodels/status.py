@@ -1,9 +1,12 @@
 """The status screen: what the daemon is doing now, and the robots it knows with an e-stop at hand.
 
-``sys.status`` gives the node, version, uptime and clients; ``llm.stats`` and then ``llm.state`` events give
-the model, its queue and what is generating; ``robot.list`` and then ``robot.state``/``robot.telemetry`` events
-give the robots. ``moving`` lists robots in motion: while it is not empty the app keeps an e-stop button on
-every screen, and ``estop()`` sends ``robot.command {"id": "all", "action": "estop"}`` (or one robot's).
+``sys.status`` gives the node, version, uptime and clients, and while the daemon is still bringing its modules
+up (``phase`` ``loading``) what it is loading and for how long — followed by ``module.state`` events until
+``sys.loaded``. ``llm.stats`` and then ``llm.state`` events give the model, its queue and what is generating
+(asked only once a language-model module is active: a call to a loading one would wait for it).
+``robot.list`` and then ``robot.state``/``robot.telemetry`` events give the robots. ``moving`` lists robots
+in motion: while it is not empty the app keeps an e-stop button on every screen, and ``estop()`` sends
+``robot.command {"id": "all", "action": "estop"}`` (or one robot's).
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ class StatusVM(Observable):
         self.robots_available = False
         self.last_estop: str = ""
         self._fetched = 0.0  # monotonic time of the last sys.status, to advance uptime between fetches
+        # Modules that serve llm.stats: the built-in backends, and while the daemon starts up, whatever
+        # module.list says declares it (a third-party backend is then recognised as the model too).
+        self._llm_modules: set[str] = set(LLM_MODULES)
         conn.on_event("llm.state", self._on_llm)
         conn.on_event("robot.", self._on_robot)
         conn.on_event("module.state", self._on_module)
+        conn.on_event("sys.loaded", lambda ev: self.spawn(self.refresh(), name="enigma-app-status-refresh"))
         conn.on_online(lambda restarted: self.refresh())
 
     # -- derived ----------------------------------------------------------------------------------------------
@@ -59,6 +66,14 @@ class StatusVM(Observable):
     def moving(self) -> list[str]:
         return sorted(rid for rid, r in self.robots.items() if r.get("online", True) and r.get("state") == "moving")
 
+    @property
+    def loading(self) -> list[dict[str, Any]]:
+        """What the daemon is still loading (``sys.status`` ``loading``): empty once it is ready."""
+        return list(self.status.get("loading") or []) if self.status.get("phase") == "loading" else []
+
+    def _llm_loading(self) -> dict[str, Any] | None:
+        return next((m for m in self.loading if m.get("name") in self._llm_modules), None)
+
     def summary(self) -> list[tuple[str, str]]:
         """(label, value) rows for the screen."""
         s = self.status
@@ -68,7 +83,12 @@ class StatusVM(Observable):
             ("Clients", str(s.get("clients", "–"))),
             ("In flight", str(s.get("inflight", "–"))),
         ]
-        if self.llm is None:
+        if self.loading:
+            rows.append(("Starting up", "; ".join(_loading_text(m) for m in self.loading)))
+        llm_loading = self._llm_loading()
+        if self.llm is None and llm_loading is not None:
+            rows.append(("Model", f"loading ({_loading_text(llm_loading)})"))
+        elif self.llm is None:
             rows.append(("Model", "no language model loaded"))
         else:
             rows.append(("Model", f"{self.llm.get('model') or '?'} ({self.llm.get('backend', '?')})"))
@@ -90,10 +110,25 @@ class StatusVM(Observable):
             self.set_error(f"cannot read the daemon's status: {exc.message}")
             return
         self.notify("status", self.status)
+        if self.loading:
+            await self._learn_llm_modules()
         await self.refresh_llm()
         await self.refresh_robots()
 
+    async def _learn_llm_modules(self) -> None:
+        try:
+            listed = await self.conn.require().call("module.list")
+        except BusError:
+            return  # the built-in names still apply
+        self._llm_modules = set(LLM_MODULES) | {
+            m["name"] for m in listed.get("modules", []) if "llm.stats" in (m.get("provides") or [])
+        }
+
     async def refresh_llm(self) -> None:
+        if self._llm_loading() is not None:  # llm.stats would wait for the model: the status says enough
+            self.llm = None
+            self.notify("llm", self.llm)
+            return
         try:
             self.llm = await self.conn.require().call("llm.stats")
         except UnknownMethod:
@@ -103,6 +138,8 @@ class StatusVM(Observable):
         self.notify("llm", self.llm)
 
     async def refresh_robots(self) -> None:
+        if any(m.get("name") == "robots" for m in self.loading):  # robot.list would wait for the module
+            return
         try:
             body = await self.conn.require().call("robot.list")
         except UnknownMethod:
@@ -167,9 +204,18 @@ class StatusVM(Observable):
 
     def _on_module(self, ev: Event) -> None:
         name, state = ev.body.get("name"), ev.body.get("state")
+        if self.loading:  # the daemon is starting up: every step changes what the screen says is loading
+            self.spawn(self.refresh(), name="enigma-app-status-refresh")
+            return
         if state not in ("active", "unloaded", "failed"):
             return
-        if name in LLM_MODULES:
+        if name in self._llm_modules:
             self.spawn(self.refresh_llm(), name="enigma-app-llm-refresh")
         elif name == "robots":
             self.spawn(self.refresh_robots(), name="enigma-app-robots-refresh")
+
+
+def _loading_text(m: dict[str, Any]) -> str:
+    """``llm: loading model.gguf, 12s`` — one module of ``sys.status``'s ``loading``."""
+    what = m.get("stage") or m.get("state", "loading")
+    return f"{m.get('name', '?')}: {what}, {format_duration(float(m.get('for', 0)))}"

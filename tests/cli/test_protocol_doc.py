@@ -79,7 +79,8 @@ def test_every_module_method_is_documented(cli: Run) -> None:
 
 
 @pytest.mark.parametrize(
-    "topic", ["sys.heartbeat", "sys.started", "sys.stopping", "sys.reloaded", "sys.restored", "module.state"]
+    "topic",
+    ["sys.heartbeat", "sys.started", "sys.loaded", "sys.stopping", "sys.reloaded", "sys.restored", "module.state"],
 )
 def test_every_core_event_is_documented(topic: str) -> None:
     assert f"| `{topic}` |" in DOC.read_text()

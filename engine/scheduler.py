@@ -37,6 +37,7 @@ from engine.sampling import BatchSettings, SamplingParams, sample_batch
 log = logging.getLogger(__name__)
 
 Event = str | Usage
+StepFn = Callable[[Tensor, Tensor, int, int, bool], Tensor]  # Transformer.compiled_decode
 
 
 class Busy(EngineError):
@@ -212,6 +213,8 @@ class Scheduler:
         }
         self._steps = 0
         self._batch_sum = 0
+        # A decode step handed over by another thread (set_decode_step), applied by the worker between steps.
+        self._new_step: tuple[StepFn | None, Callable[[], None] | None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> Scheduler:
@@ -240,6 +243,11 @@ class Scheduler:
             self._running = True
             self._done.clear()
             self._serving_thread = threading.current_thread()
+            handed, self._new_step = self._new_step, None
+        if handed is not None:  # a step handed over before serving began is in place before the first request
+            self.model.compiled_decode = handed[0]
+            if handed[1] is not None:
+                handed[1]()
         if ready is not None:
             ready()
         self._run()
@@ -280,6 +288,22 @@ class Scheduler:
             self._cv.notify()
         return handle
 
+    def set_decode_step(
+        self,
+        step: StepFn | None,
+        applied: Callable[[], None] | None = None,
+    ) -> None:
+        """Give the model a new single-token step (``Transformer.compiled_decode``) from any thread.
+
+        The worker swaps it in at the top of its loop, between two steps, so no step runs half on one and half on
+        the other and no stream pauses (a background compile finishes while requests are decoding). ``applied``
+        is called on the worker thread once it is in place. Before ``start``/``run`` it is applied on the first
+        turn of the loop.
+        """
+        with self._cv:
+            self._new_step = (step, applied)
+            self._cv.notify_all()
+
     def stats(self) -> dict[str, Any]:
         with self._cv:
             return {
@@ -303,12 +327,18 @@ class Scheduler:
     def _serve(self) -> None:
         with torch.inference_mode():
             while True:
+                applied = None
                 with self._cv:
-                    while self._running and not self._waiting and not self._rows:
+                    while self._running and not self._waiting and not self._rows and self._new_step is None:
                         self._cv.wait()
                     if not self._running:
                         break
+                    if self._new_step is not None:
+                        self.model.compiled_decode, applied = self._new_step
+                        self._new_step = None
                     self._admit()
+                if applied is not None:
+                    applied()
                 try:
                     self._step()
                 except Exception as exc:  # a failing step must not kill the worker: fail its requests instead

@@ -11,6 +11,7 @@ sets the handle's flag, which the scheduler checks before its next decode step.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from daemon.llm.base import Backend, Generation, Item
 
 if TYPE_CHECKING:
+    from engine.compile import BackgroundCompile
     from engine.scheduler import RequestHandle, Scheduler
     from engine.tokenizer import Tokenizer
 
@@ -99,6 +101,8 @@ class NativeBackend(Backend):
         self.scheduler: Scheduler | None = None
         self.tokenizer: Tokenizer | None = None
         self.meta: dict[str, Any] = {}
+        self._compile: BackgroundCompile | None = None
+        self.step_ready = threading.Event()  # set once the scheduler runs the compiled decode step
         self._abandoned = threading.Event()  # unload() came before the load finished
 
     async def load(self) -> None:
@@ -134,52 +138,93 @@ class NativeBackend(Backend):
             _call_soon(loop, settle, None, exc)
             return
         if self._abandoned.is_set():  # unloaded (a shutdown during the load): nobody is left to serve
+            job, self._compile = self._compile, None
+            if job is not None:
+                job.cancel()
             return
         self.stage = "starting the scheduler"
         scheduler.run(ready=lambda: _call_soon(loop, settle, (scheduler, tokenizer), None))
 
     def _load_blocking(self, path: Path) -> tuple[Scheduler, Tokenizer]:
-        import torch
-
-        from engine.compile import compile_decode
-        from engine.loader import load_model
+        """Load and prepare the model; it serves eagerly from here on. The compiled decode step follows in the
+        background (``engine.compile.BackgroundCompile``: the stored step in about a second, or a build in a
+        child process — about 4 minutes on two cores for SmolLM2) and the scheduler swaps it in between two
+        steps. Only ``compile = "on"`` waits for it here, and fails the load without it."""
+        from engine.compile import BackgroundCompile, CompileFailed, ModelRecipe
         from engine.scheduler import Scheduler
 
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.dtype)
-        if dtype is None:
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         max_seq = int(self._max_seq) if self._max_seq else DEFAULT_CONTEXT
+        recipe = ModelRecipe(str(path), self.dtype, max_seq, self.max_batch, self.kernels)
         self.stage = f"loading {path.name}"
-        loaded = load_model(path, dtype=dtype, max_seq_len=max_seq)
+        loaded, prepared = recipe.build()
         self.context_length = min(max_seq, loaded.config.max_seq_len)
         self.meta = {"source": loaded.source, "arch": loaded.config.arch, **_plain(loaded.meta)}
-        if self.kernels != "none":
-            from engine.quant import prepare_for_inference
-
-            with torch.no_grad():
-                self.meta["kernels"] = _plain(prepare_for_inference(loaded.model, self.kernels, loaded.source))
+        if prepared is not None:
+            self.meta["kernels"] = _plain(prepared)
         scheduler = Scheduler(
             loaded.model, loaded.tokenizer, self.max_batch, max_queue=self.max_queue, max_seq=self.context_length
         )
-        self.stage = "compiling the decode step"
-        report = compile_decode(
-            loaded.model, self.compile, batch_sizes=(1, min(2, self.max_batch)), cache_dir=compile_cache_dir()
-        )
-        self.meta["compiled"] = report["compiled"]
+        self.meta["compiled"] = False if self.compile == "off" else "pending"
+        if self.compile == "off":
+            self.meta["compile_reason"] = "off"
+        else:
+            job = BackgroundCompile(
+                loaded.model,
+                recipe,
+                step_cache_dir() / _artifact_name(path),
+                lambda step: scheduler.set_decode_step(step, applied=lambda: self._step_applied(job)),
+                batch_sizes=(1, min(2, self.max_batch)),
+                inductor_cache=compile_cache_dir(),
+            )
+            self._compile = job.start()
+            if self.compile == "on" and not job.wait():
+                job.cancel()
+                raise CompileFailed(f"cannot compile the decode step: {job.reason}")
         log.info(
             "loaded %s (%s), context %d, max_batch %d, decode step %s",
             path,
             loaded.config.arch,
             self.context_length,
             self.max_batch,
-            f"compiled in {report['compile_s']} s" if report["compiled"] else f"eager ({report['reason']})",
+            "eager (compile off)" if self.compile == "off" else "eager until the compiled step is ready",
         )
         return scheduler, loaded.tokenizer
+
+    def _step_applied(self, job: BackgroundCompile) -> None:
+        """On the engine thread, once the scheduler runs the compiled step."""
+        self.meta["compiled"] = True
+        self.step_ready.set()
+        how = "loaded from the stored artifact" if job.report.get("source") == "artifact" else "built"
+        log.info(
+            "decode step compiled in %s s (%s): %s",
+            job.report.get("build_s", job.report.get("load_s")),
+            how,
+            job.report,
+        )
+
+    def compile_state(self) -> dict[str, Any]:
+        """Where the compiled decode step stands: ``compiled`` is ``pending``, ``compiling``, True or False (with
+        ``compile_reason``); the details of how it was made or why it was rebuilt."""
+        job = self._compile
+        if job is None:
+            return {}
+        state: dict[str, Any] = {}
+        if self.meta.get("compiled") is not True:
+            state["compiled"] = "pending" if job.state is True else job.state  # True: handed over, not yet run
+        if job.state is False:
+            state["compile_reason"] = job.reason
+        for field in ("source", "build_s", "load_s", "rebuilt_because"):
+            if field in job.report:
+                state[f"compile_{field}"] = job.report[field]
+        return state
 
     async def unload(self) -> None:
         scheduler, self.scheduler = self.scheduler, None
         thread, self._thread = self._thread, None
         self._abandoned.set()
+        job, self._compile = self._compile, None
+        if job is not None:
+            await asyncio.to_thread(job.cancel)
         if scheduler is not None:
             await asyncio.to_thread(scheduler.stop)
         if thread is not None and scheduler is not None:
@@ -229,6 +274,7 @@ class NativeBackend(Backend):
             "path": str(self.path) if self.path else None,
             "max_batch": self.max_batch,
             **self.meta,
+            **self.compile_state(),
         }
 
 
@@ -238,6 +284,17 @@ def compile_cache_dir() -> Path:
         return Path(os.environ["CACHE_DIRECTORY"].split(":")[0]) / "inductor"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "enigma" / "inductor"
+
+
+def step_cache_dir() -> Path:
+    """Where compiled decode steps (AOTInductor packages) are kept, beside Inductor's cache."""
+    return compile_cache_dir().parent / "aot"
+
+
+def _artifact_name(path: Path) -> str:
+    """One directory per model file: its name, and a hash of its full path so two files of one name differ."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return f"{path.name}-{digest}"
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:

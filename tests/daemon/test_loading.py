@@ -198,3 +198,24 @@ async def test_sigterm_while_a_module_loads_exits_0_promptly(start_gated: Callab
     assert (error.kind, error.body["code"]) == ("error", "cancelled")
     assert d.stop(timeout=5) == 0
     assert "daemon: stopped" in d.log()
+
+
+@pytest.mark.model
+@pytest.mark.slow
+async def test_with_the_real_model_the_bus_answers_at_once_and_chat_waits_for_the_model(
+    daemon_factory: StartDaemon,
+) -> None:
+    config = '[modules]\nautoload = ["llm", "chat"]\n[modules.llm]\ncontext_length = 512\nmax_batch = 2\n'
+    d = daemon_factory(config=config, loaded=False)
+    async with client(d) as c:
+        assert (await c.call("sys.ping"))["pong"] is True
+        status = await c.call("sys.status")
+        assert status["phase"] == "loading"
+        assert "llm" in [m["name"] for m in status["loading"]]
+        chat = Envelope.request("chat.send", {"text": "Say hello.", "max_tokens": 4, "temperature": 0})
+        await c.send(chat)
+        envs = await answer(c, chat, timeout=180)
+    assert envs[-1].kind == "end", envs[-1].body
+    assert envs[-1].body["usage"]["completion_tokens"] >= 1
+    d.wait_loaded(60)
+    assert d.loaded_line == "enigmad loaded active=llm,chat failed=-"

@@ -8,7 +8,9 @@
    <= 10 ms of TTFT. Two processes on a busy machine get unequal CPU shares, so the same figures are also
    shown against the daemon's own timing of those very requests (its ``usage``: from handing the prompt to
    the scheduler to each delta reaching its event loop); that difference is the bus and SDK alone.
-3. Aggregate tokens/s with 1, 4, 8 and 16 SDK clients streaming at once (each its own connection), as a ratio
+3. The same greedy completion from llama.cpp (llama-cpp-python, in this process) on the same GGUF with the same
+   thread count: the daemon's decode rate against it (target >= 1.0x) and its TTFT beside ours.
+4. Aggregate tokens/s with 1, 4, 8 and 16 SDK clients streaming at once (each its own connection), as a ratio
    to one client, beside the same counts of concurrent requests on the in-process engine, each the median of
    ``--conc-runs`` rounds over all the levels. Target: 8 clients >= 4x one.
 
@@ -18,12 +20,16 @@ hits both alike; the concurrency table shows the in-process engine too, to tell 
 the daemon's.
 
     .venv/bin/python bench/serve.py [--tokens 128] [--runs 5] [--conc-tokens 64] [--levels 1,4,8,16] [--conc-runs 3]
+                                    [--threads 2] [--skip-llamacpp]
+
+Every figure is printed with the CPU's SIMD features and the kernel set in use (``engine.kernels.describe``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import subprocess
@@ -110,12 +116,40 @@ class InProcess:
         self._thread.join(10)
 
 
+class LlamaCpp:
+    """The reference engine: llama.cpp on the same GGUF, greedy, the same thread count; timed as the others."""
+
+    def __init__(self, threads: int, context: int) -> None:
+        from llama_cpp import Llama
+
+        from engine.loader import default_model_path
+
+        self.llm = Llama(model_path=str(default_model_path()), n_ctx=context, n_threads=threads, verbose=False)
+        self.ids = self.llm.tokenize(PROMPT.encode(), add_bos=False)
+
+    def stream(self, tokens: int) -> Run:
+        t0 = time.perf_counter()
+        first = last = None
+        n = 0
+        self.llm.reset()
+        for _ in self.llm.generate(self.ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            n += 1
+            if n == tokens:
+                break
+        assert first is not None
+        assert last is not None
+        return first - t0, (n - 1) / (last - first), n, t0, last
+
+
 def aggregate(results: list[Run]) -> float:
     total = sum(r[2] for r in results)
     return total / (max(r[4] for r in results) - min(r[3] for r in results))
 
 
-def start_daemon(tmp: Path, max_batch: int, context: int) -> tuple[subprocess.Popen[str], str, str]:
+def start_daemon(tmp: Path, max_batch: int, context: int, threads: int) -> tuple[subprocess.Popen[str], str, str]:
     cfg = tmp / "enigmad.toml"
     cfg.write_text(
         f'[modules]\nautoload = ["llm"]\n\n[modules.llm]\nmax_batch = {max_batch}\ncontext_length = {context}\n'
@@ -137,6 +171,7 @@ def start_daemon(tmp: Path, max_batch: int, context: int) -> tuple[subprocess.Po
             "warning",
         ],
         cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
         stdout=subprocess.PIPE,
         stderr=open(tmp / "enigmad.log", "w"),  # noqa: SIM115 (lives as long as the process)
         text=True,
@@ -147,6 +182,23 @@ def start_daemon(tmp: Path, max_batch: int, context: int) -> tuple[subprocess.Po
         if m:
             return proc, m.group(1), m.group(2)
     raise RuntimeError(f"enigmad did not start:\n{(tmp / 'enigmad.log').read_text()}")
+
+
+async def wait_compiled(rpc: str, events: str, within: float = 900.0) -> str:
+    """The daemon answers before its model loads and serves eagerly until its compiled decode step is in place:
+    wait for that (polling ``module.list``; this is a benchmark, not a test), so both paths run compiled."""
+    from clients.sdk import Client
+
+    deadline = time.monotonic() + within
+    async with Client(rpc, events, timeout=60) as c:
+        while time.monotonic() < deadline:
+            mods = (await c.call("module.list", {}))["modules"]
+            info = next((m.get("info") or {} for m in mods if m["name"] == "llm"), {})
+            state = info.get("compiled")
+            if state is True or state is False or (isinstance(state, str) and state.startswith("failed")):
+                return str(state)
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"the daemon's decode step was not compiled within {within:.0f} s")
 
 
 async def bus_stream(client: Any, tokens: int, inside: list[tuple[float, float]] | None = None) -> Run:
@@ -173,6 +225,7 @@ async def bus_stream(client: Any, tokens: int, inside: list[tuple[float, float]]
 
 async def measure(
     engine: InProcess,
+    llama: LlamaCpp | None,
     rpc: str,
     events: str,
     tokens: int,
@@ -180,21 +233,31 @@ async def measure(
     conc_tokens: int,
     levels: list[int],
     conc_runs: int,
-) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[tuple[float, float]], dict[int, Any]]:
-    """Runs alternate between the two paths, so load from elsewhere on the machine hits both alike."""
+) -> tuple[
+    list[tuple[float, float]],
+    list[tuple[float, float]],
+    list[tuple[float, float]],
+    list[tuple[float, float]],
+    dict[int, Any],
+]:
+    """Runs alternate between the paths, so load from elsewhere on the machine hits them alike."""
     from clients.sdk import Client
 
     base: list[tuple[float, float]] = []
     bus: list[tuple[float, float]] = []
     inside: list[tuple[float, float]] = []
+    ref: list[tuple[float, float]] = []
     async with Client(rpc, events, timeout=300) as c:
         await c.call("sys.ping", {})
-        for i in range(runs + 1):  # the first round warms both up (allocations, kernels)
+        for i in range(runs + 1):  # the first round warms them up (allocations, kernels)
             e = await asyncio.to_thread(engine.stream, tokens)
             b = await bus_stream(c, tokens, inside if i else None)
+            r = await asyncio.to_thread(llama.stream, tokens) if llama is not None else None
             if i:
                 base.append(e[:2])
                 bus.append(b[:2])
+                if r is not None:
+                    ref.append(r[:2])
     # Rounds over all levels, each level's figure their median: a burst of load elsewhere on the machine then
     # spoils one sample of several levels instead of the whole figure of one (the 1-client baseline included).
     samples: dict[int, tuple[list[float], list[float]]] = {n: ([], []) for n in levels}
@@ -203,7 +266,7 @@ async def measure(
             samples[n][0].append(await engine.concurrent(n, conc_tokens))
             samples[n][1].append(await bus_concurrent(rpc, events, n, conc_tokens))
     agg = {n: (statistics.median(e), statistics.median(b)) for n, (e, b) in samples.items()}
-    return base, bus, inside, agg
+    return base, bus, inside, ref, agg
 
 
 async def bus_concurrent(rpc: str, events: str, n: int, tokens: int) -> float:
@@ -229,20 +292,30 @@ def main() -> None:
     ap.add_argument("--conc-tokens", type=int, default=64, help="tokens per client in the concurrency runs")
     ap.add_argument("--levels", default="1,4,8,16", help="concurrent client counts")
     ap.add_argument("--conc-runs", type=int, default=3, help="rounds over the levels (each level: their median)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for every engine (torch, enigmad, llama.cpp)")
+    ap.add_argument("--skip-llamacpp", action="store_true", help="no llama.cpp baseline")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     max_batch, context = max(levels), 512
 
     import torch
 
-    print(f"torch threads: {torch.get_num_threads()}; prompt {PROMPT!r}; greedy; {args.tokens} tokens x {args.runs}")
+    from engine import kernels
+
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {kernels.describe()}")
+    print(f"threads: {args.threads}; prompt {PROMPT!r}; greedy; {args.tokens} tokens x {args.runs}")
     engine = InProcess(max_batch, context)
+    llama = None if args.skip_llamacpp else LlamaCpp(args.threads, context)
     try:
         with tempfile.TemporaryDirectory() as tmpdir:
-            proc, rpc, events = start_daemon(Path(tmpdir), max_batch, context)
+            proc, rpc, events = start_daemon(Path(tmpdir), max_batch, context, args.threads)
             try:
-                base, bus, inside, agg = asyncio.run(
-                    measure(engine, rpc, events, args.tokens, args.runs, args.conc_tokens, levels, args.conc_runs)
+                print(f"daemon's compiled step: {asyncio.run(wait_compiled(rpc, events))}")
+                base, bus, inside, ref, agg = asyncio.run(
+                    measure(
+                        engine, llama, rpc, events, args.tokens, args.runs, args.conc_tokens, levels, args.conc_runs
+                    )
                 )
             finally:
                 proc.terminate()
@@ -261,6 +334,10 @@ def main() -> None:
     print(f"{'engine in-process':<36}{b_ttft:>10.1f}{b_tps:>14.1f}")
     print(f"{'SDK -> enigmad -> SDK':<36}{s_ttft:>10.1f}{s_tps:>14.1f}")
     print(f"{'  of which inside enigmad (usage)':<36}{i_ttft:>10.1f}{i_tps:>14.1f}")
+    if ref:
+        r_ttft = statistics.median(t for t, _ in ref) * 1000
+        r_tps = statistics.median(r for _, r in ref)
+        print(f"{'llama.cpp in-process (same GGUF)':<36}{r_ttft:>10.1f}{r_tps:>14.1f}")
     print(
         f"bus vs in-process engine: TTFT {s_ttft - b_ttft:+.1f} ms, decode ratio {s_tps / b_tps:.3f} "
         f"(cost {(1 - s_tps / b_tps) * 100:+.1f} %)"
@@ -269,6 +346,10 @@ def main() -> None:
         f"bus vs the same daemon's own timing: TTFT {s_ttft - i_ttft:+.1f} ms (target <= 10 ms), decode ratio "
         f"{s_tps / i_tps:.3f} (cost {(1 - s_tps / i_tps) * 100:+.1f} %, target <= 5 %)"
     )
+    if ref:
+        print(
+            f"through the bus vs llama.cpp: decode {s_tps / r_tps:.2f}x (target >= 1.0x), TTFT {s_ttft - r_ttft:+.1f} ms"
+        )
     print()
     print(f"{'clients':>8}{'in-process tok/s':>18}{'x one':>8}{'bus tok/s':>12}{'x one':>8}{'bus/in-proc':>13}")
     e1, b1 = agg[levels[0]]

@@ -296,9 +296,7 @@ class Attention(nn.Module):
         if self.cache is not None:
             k, v = self.cache.update(slot, input_pos, k, v, length)  # (B, Hkv, L, hd)
             if t == 1 and self.decode_op is not None and self.cache.k.dtype == torch.float32:
-                y = self.decode_op(
-                    q[:, :, 0], self.cache.k, self.cache.v, slot, input_pos[:, 0], 1.0 / math.sqrt(hd)
-                )
+                y = self.decode_op(q[:, :, 0], self.cache.k, self.cache.v, slot, input_pos[:, 0], 1.0 / math.sqrt(hd))
                 return self.wo(y.reshape(b, t, h * hd))
         if t == 1 and torch.compiler.is_compiling():
             y = decode_attention(q, k, v, mask).reshape(b, t, h * hd)

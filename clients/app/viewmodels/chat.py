@@ -76,10 +76,13 @@ class ChatVM(Observable):
 
     # -- loading ----------------------------------------------------------------------------------------------
     async def _online(self, restarted: bool) -> None:
-        if restarted and self._stream is not None:
+        streaming = self._stream is not None
+        if restarted and streaming:
             self._abort.set()  # the new daemon never heard of the running request: stop waiting for it
         await self.refresh()
-        if self.session_id is not None and not self.busy:
+        # A reply that was streaming keeps its own line and note ("interrupted: …"); reloading the history here
+        # would race with it and relabel the cut reply as merely "stopped".
+        if self.session_id is not None and not streaming and not self.busy:
             await self.open_session(self.session_id)
 
     async def refresh(self) -> None:

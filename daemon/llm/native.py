@@ -76,10 +76,10 @@ class NativeBackend(Backend):
     this; 4096 when unset), ``max_queue`` (256), ``dtype`` (``float32`` | ``bfloat16``), ``kernels``
     (``auto``: the fastest weight-only quantized kernels — a GGUF's Q4 blocks load into them unchanged;
     ``float``; ``int8``; ``int4``; ``none`` keeps the plain float model, exactly as loaded), ``compile``
-    (``auto``: compile the decode step with ``torch.compile`` when a C++ compiler is present, else stay eager;
-    ``on``: fail the load if it cannot; ``off``). The first compile of SmolLM2 took about two minutes on two
-    cores; the kernels are cached under ``$CACHE_DIRECTORY`` (systemd) or ``$XDG_CACHE_HOME/enigma``, and a
-    load from that cache compiles in 15–25 s."""
+    (``auto``: serve eagerly at once and build the compiled decode step in a background process when a C++
+    compiler is present; ``on``: wait for it and fail the load without it; ``off``: stay eager). The build
+    takes minutes on two cores; its AOTInductor package is stored under ``$CACHE_DIRECTORY`` (systemd) or
+    ``$XDG_CACHE_HOME/enigma`` and later starts load it in about a second (``docs/serving.md``)."""
 
     kind: ClassVar[str] = "native"
 

@@ -83,7 +83,9 @@ def test_fused_projections_give_the_same_logits() -> None:
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize(("mode", "max_abs", "min_cos"), [("int8", 0.05, 0.9999), ("int4", 0.6, 0.99)])
+# int8: 0.05 with bf16 activations (PyTorch's kernels, avx512); the tile8 sets (avx2, neon) also quantize the
+# activations to int8 per block of 32, measured 0.055 here.
+@pytest.mark.parametrize(("mode", "max_abs", "min_cos"), [("int8", 0.08, 0.9999), ("int4", 0.6, 0.99)])
 def test_quantized_model_logits_stay_close_to_float(mode: str, max_abs: float, min_cos: float) -> None:
     model = tiny()
     with torch.inference_mode():

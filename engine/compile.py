@@ -220,13 +220,18 @@ class ModelRecipe:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.dtype)
         if dtype is None:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        loaded = load_model(self.path, dtype=dtype, max_seq_len=self.max_seq)
-        report = None
-        if self.kernels != "none":
-            from engine.quant import prepare_for_inference
+        from engine.gguf_loader import forget_gguf
 
-            with torch.no_grad():
-                report = prepare_for_inference(loaded.model, self.kernels, loaded.source)
+        try:
+            loaded = load_model(self.path, dtype=dtype, max_seq_len=self.max_seq)
+            report = None
+            if self.kernels != "none":
+                from engine.quant import prepare_for_inference
+
+                with torch.no_grad():
+                    report = prepare_for_inference(loaded.model, self.kernels, loaded.source)
+        finally:
+            forget_gguf()
         loaded.model.setup_cache(self.max_batch, min(self.max_seq, loaded.config.max_seq_len))
         return loaded, report
 

@@ -415,3 +415,29 @@ def test_impossible_head_counts_are_a_file_error(tmp_path):
         load_model(tmp_path / "bad.gguf")
     assert "no valid model" in err.value.message
     assert "multiple of n_kv_heads" in err.value.message
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
+def test_q4_tensors_dequantize_exactly_as_gguf_does(tmp_path, kind):
+    import gguf
+
+    x = np.random.default_rng(3).standard_normal((5, 256)).astype(np.float32)
+    qtype = gguf.GGMLQuantizationType[kind]
+    path = _single_tensor_gguf(tmp_path / "t.gguf", "blk.0.ffn_up.weight", gguf.quants.quantize(x, qtype), qtype)
+    t = open_gguf(path).tensors[0]
+    want = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(5, 256)
+    assert torch.equal(dequantize_tensor(t), torch.from_numpy(want))
+
+
+def test_metadata_parses_exactly_as_ggufs_own_reader(smollm2_path):
+    """Our reader builds array fields in one pass (engine/gguf_loader.py); every part must match gguf's."""
+    import gguf
+
+    ours, theirs = open_gguf(smollm2_path), gguf.GGUFReader(smollm2_path)
+    assert list(ours.fields) == list(theirs.fields)
+    for key, mine in ours.fields.items():
+        other = theirs.fields[key]
+        assert (mine.types, list(mine.data), len(mine.parts)) == (other.types, list(other.data), len(other.parts))
+        for a, b in zip(mine.parts, other.parts, strict=True):
+            assert (a.dtype, a.shape, a.tobytes()) == (b.dtype, b.shape, b.tobytes()), key
+    assert [(t.name, t.data_offset) for t in ours.tensors] == [(t.name, t.data_offset) for t in theirs.tensors]

@@ -149,7 +149,10 @@ def aggregate(results: list[Run]) -> float:
     return total / (max(r[4] for r in results) - min(r[3] for r in results))
 
 
-def start_daemon(tmp: Path, max_batch: int, context: int, threads: int) -> tuple[subprocess.Popen[str], str, str]:
+def start_daemon(
+    tmp: Path, max_batch: int, context: int, threads: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, str]:
+    """``enigmad`` with the default model in ``tmp``; returns once it printed its ready line (its bus is bound)."""
     cfg = tmp / "enigmad.toml"
     cfg.write_text(
         f'[modules]\nautoload = ["llm"]\n\n[modules.llm]\nmax_batch = {max_batch}\ncontext_length = {context}\n'
@@ -171,7 +174,7 @@ def start_daemon(tmp: Path, max_batch: int, context: int, threads: int) -> tuple
             "warning",
         ],
         cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        env={**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=open(tmp / "enigmad.log", "w"),  # noqa: SIM115 (lives as long as the process)
         text=True,

@@ -188,3 +188,35 @@ def test_out_of_vocabulary_prompt_ids_are_refused() -> None:
     v = model.config.vocab_size
     with pytest.raises(InvalidPrompt, match=rf"prompt token ids must be integers in \[0, {v}\); got \[{v}, -1\]"):
         next(generate(model, tok, [1, v, -1], GREEDY))
+
+
+def test_a_request_with_penalties_starts_no_openmp_team_on_the_submitting_thread() -> None:
+    """The penalty tables are made by the engine thread on first use. Filled on the submitting thread, they gave
+    the process a second OpenMP team, and libgomp, managing more threads than CPUs, then slept between parallel
+    regions: every later decode step of the daemon took 4x as long."""
+    import os
+
+    import torch
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread: no OpenMP team is ever started")
+    tok = byte_tokenizer()
+    params = SamplingParams(repetition_penalty=1.1, presence_penalty=0.5, max_tokens=4)
+    counted: list[int] = []
+
+    def submit() -> None:
+        before = len(os.listdir("/proc/self/task"))
+        state = Decoding(tok, [1, 2, 3], params, 65536)  # a vocabulary big enough for a parallel fill
+        counted.extend((before, len(os.listdir("/proc/self/task"))))
+        assert state.params is params
+
+    t = threading.Thread(target=submit)
+    t.start()
+    t.join()
+    assert counted[1] == counted[0]
+    # Made on first use, as the sampling thread uses them: the prompt's tokens seen, nothing counted yet.
+    state = Decoding(tok, [1, 2, 3], params, 65536)
+    assert state.seen is not None
+    assert state.counts is not None
+    assert state.seen.nonzero().flatten().tolist() == [1, 2, 3]
+    assert float(state.counts.sum()) == 0.0

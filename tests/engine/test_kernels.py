@@ -345,10 +345,10 @@ def test_amx_is_switched_off_by_the_environment() -> None:
     if kernels.unsupported("avx512") is not None:
         pytest.skip(str(kernels.unsupported("avx512")))
     code = PREPARE + "print(r['kernel'], r['amx'], kernels.set_amx(True))\n"
-    off = _run(code, ENIGMA_AMX="off")
+    off = _run(code, ENIGMA_AMX="off", ENIGMA_KERNELS="avx512")
     assert off.stdout.split()[:2] == ["avx512", "False"], off.stderr
     # Switched back on, it is on exactly where the CPU has it: as in the environment's default.
-    on = _run(code)
+    on = _run(code, ENIGMA_KERNELS="avx512")
     assert on.stdout.split()[1] == off.stdout.split()[2], on.stderr
 
 
@@ -370,3 +370,23 @@ def test_a_failed_build_leaves_torch_kernels_and_says_why(tmp_path: Path) -> Non
     out = done.stdout.strip().splitlines()
     assert out[0] == "False", done.stderr
     assert out[1].startswith("build failed: "), out
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "chosen"),
+    [
+        ("x86_64", "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16 amx_tile amx_bf16", "avx512"),
+        ("x86_64", "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16", "avx2"),  # no AMX: avx2 is faster
+        ("x86_64", "avx2 fma f16c", "avx2"),
+        ("x86_64", "avx fma", None),
+        ("aarch64", "fp asimd asimddp", "neon-dot"),
+        ("aarch64", "fp asimd", "neon"),
+    ],
+)
+def test_auto_picks_the_set_that_measured_fastest_for_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, machine: str, flags: str, chosen: str | None
+) -> None:
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: set(flags.split()))
+    monkeypatch.setattr(kernels, "_machine", lambda: machine)
+    monkeypatch.delenv("ENIGMA_KERNELS", raising=False)
+    assert kernels.choose() == chosen

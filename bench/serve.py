@@ -8,7 +8,7 @@
    <= 10 ms of TTFT. Two processes on a busy machine get unequal CPU shares, so the same figures are also
    shown against the daemon's own timing of those very requests (its ``usage``: from handing the prompt to
    the scheduler to each delta reaching its event loop); that difference is the bus and SDK alone.
-3. The same greedy completion from llama.cpp (llama-cpp-python, in this process) on the same GGUF with the same
+3. The same greedy completion from llama.cpp (llama-cpp-python, in a process of its own) on the same GGUF with the same
    thread count: the daemon's decode rate against it (target >= 1.0x) and its TTFT beside ours.
 4. Aggregate tokens/s with 1, 4, 8 and 16 SDK clients streaming at once (each its own connection), as a ratio
    to one client, beside the same counts of concurrent requests on the in-process engine, each the median of
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -116,32 +117,59 @@ class InProcess:
         self._thread.join(10)
 
 
+LLAMA_CPP_CHILD = """
+import json, sys, time
+from llama_cpp import Llama
+from engine.loader import default_model_path
+llm = Llama(model_path=str(default_model_path()), n_ctx=int(sys.argv[2]), n_threads=int(sys.argv[1]), verbose=False)
+ids = llm.tokenize(sys.argv[3].encode(), add_bos=False)
+print("ready", flush=True)
+for line in sys.stdin:
+    tokens = int(line)
+    t0 = time.perf_counter()
+    first = last = None
+    n = 0
+    for _ in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        last = time.perf_counter()
+        first = first or last
+        n += 1
+        if n == tokens:
+            break
+    print(json.dumps([first - t0, (n - 1) / (last - first), n, t0, last]), flush=True)
+"""
+
+
 class LlamaCpp:
-    """The reference engine: llama.cpp on the same GGUF, greedy, the same thread count; timed as the others."""
+    """The reference engine: llama.cpp on the same GGUF, greedy, the same thread count, timed as the others.
+
+    In a process of its own, idle on a pipe between runs: in this one, ggml's polling threads and torch's
+    OpenMP team took the two cores from each other (llama.cpp measured 33 tok/s there).
+    """
 
     def __init__(self, threads: int, context: int) -> None:
-        from llama_cpp import Llama
-
-        from engine.loader import default_model_path
-
-        self.llm = Llama(model_path=str(default_model_path()), n_ctx=context, n_threads=threads, verbose=False)
-        self.ids = self.llm.tokenize(PROMPT.encode(), add_bos=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LLAMA_CPP_CHILD, str(threads), str(context), PROMPT],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("llama.cpp did not load the model")
 
     def stream(self, tokens: int) -> Run:
-        t0 = time.perf_counter()
-        first = last = None
-        n = 0
-        self.llm.reset()
-        for _ in self.llm.generate(self.ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            n += 1
-            if n == tokens:
-                break
-        assert first is not None
-        assert last is not None
-        return first - t0, (n - 1) / (last - first), n, t0, last
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(f"{tokens}\n")
+        self.proc.stdin.flush()
+        ttft, rate, n, t0, last = json.loads(self.proc.stdout.readline())
+        return ttft, rate, int(n), t0, last
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
 
 
 def aggregate(results: list[Run]) -> float:
@@ -325,6 +353,8 @@ def main() -> None:
                 proc.wait(30)
     finally:
         engine.close()
+        if llama is not None:
+            llama.close()
 
     b_ttft = statistics.median(t for t, _ in base) * 1000
     b_tps = statistics.median(r for _, r in base)

@@ -370,7 +370,7 @@ def main() -> None:
     if ref:
         r_ttft = statistics.median(t for t, _ in ref) * 1000
         r_tps = statistics.median(r for _, r in ref)
-        print(f"{'llama.cpp in-process (same GGUF)':<36}{r_ttft:>10.1f}{r_tps:>14.1f}")
+        print(f"{'llama.cpp, own process (same GGUF)':<36}{r_ttft:>10.1f}{r_tps:>14.1f}")
     print(
         f"bus vs in-process engine: TTFT {s_ttft - b_ttft:+.1f} ms, decode ratio {s_tps / b_tps:.3f} "
         f"(cost {(1 - s_tps / b_tps) * 100:+.1f} %)"

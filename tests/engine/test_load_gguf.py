@@ -417,8 +417,8 @@ def test_impossible_head_counts_are_a_file_error(tmp_path):
     assert "multiple of n_kv_heads" in err.value.message
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1"])
-def test_q4_tensors_dequantize_exactly_as_gguf_does(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+def test_q4_and_q8_tensors_dequantize_exactly_as_gguf_does(tmp_path, kind):
     import gguf
 
     x = np.random.default_rng(3).standard_normal((5, 256)).astype(np.float32)

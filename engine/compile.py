@@ -185,6 +185,7 @@ _CODEGEN_FLAGS = (
     "avx512dq",
     "avx512_bf16",
     "avx512_vnni",
+    "avx_vnni",
     "avx512_fp16",
     "amx_tile",
     "amx_bf16",

@@ -7,6 +7,8 @@ weights once into registers and multiply it into every row. Sets, best first, ch
 - ``avx512``: AVX-512 BF16 dot products, with AMX tiles for batches of rows (``cpu_kernels.cpp``,
   ``amx.cpp``); weights in 16-lane tiles ("lane16"). Chosen where the CPU has AMX (Sapphire Rapids and later);
   on AVX-512 CPUs without it (Zen 4, Ice Lake…) ``avx2`` measured faster and is chosen (``preference``).
+- ``avx512-vnni`` / ``avx-vnni``: ``avx2.cpp`` built with VPDPBUSD (AVX512-VNNI on 256-bit registers: Zen 4,
+  Ice Lake and later Xeons; AVX-VNNI: Alder Lake and later Cores), one instruction where AVX2 needs three.
 - ``avx2``: AVX2 + FMA + F16C (Intel since Haswell, every AMD Zen): the activations are quantized to int8 per
   block of 32 and multiplied as integers (``avx2.cpp``); weights in 8-lane tiles ("tile8", ``tile8.h``).
 - ``neon-dot`` / ``neon``: aarch64 with and without the dot-product instructions (Raspberry Pi 5 / 4), the
@@ -20,7 +22,8 @@ Anywhere no set runs, the engine keeps PyTorch's kernels.
 ``load()`` builds and registers the set this machine should use and makes it the engine's default
 (``active()``); nothing builds implicitly, so a model switches to them only when inference preparation asks
 (``engine.quant.prepare_for_inference``). ``ENIGMA_KERNELS`` forces a choice: ``off`` (PyTorch's kernels), or
-a set's name (``avx512``, ``avx2``, ``neon``, ``neon-dot``) — refused, with the reason, where the CPU lacks it.
+a set's name (``avx512``, ``avx512-vnni``, ``avx-vnni``, ``avx2``, ``neon``, ``neon-dot``) — refused, with the
+reason, where the CPU lacks it.
 ``ENIGMA_AMX=off`` keeps the avx512 set off AMX tiles.
 """
 
@@ -84,6 +87,30 @@ SETS: dict[str, KernelSet] = {
                 "-mamx-bf16",
             ),
             "lane16",
+        ),
+        KernelSet(
+            "avx512-vnni",
+            "x86_64",
+            ("avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_vnni"),
+            ("tile8_ops.cpp", "avx2.cpp"),
+            (
+                *_COMMON,
+                "-mavx2",
+                "-mfma",
+                "-mf16c",
+                "-mavx512vl",
+                "-mavx512vnni",
+                "-DENIGMA_OPS_NS=enigma_avx512_vnni",
+            ),
+            "tile8",
+        ),
+        KernelSet(
+            "avx-vnni",
+            "x86_64",
+            ("avx2", "fma", "f16c", "avx_vnni"),
+            ("tile8_ops.cpp", "avx2.cpp"),
+            (*_COMMON, "-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-DENIGMA_OPS_NS=enigma_avx_vnni"),
+            "tile8",
         ),
         KernelSet(
             "avx2",
@@ -191,7 +218,7 @@ def choose() -> str | None:
 def preference() -> tuple[str, ...]:
     """The sets in the order ``auto`` tries them on this CPU.
 
-    ``avx512`` leads only where the CPU has AMX: without tiles, the avx2 set (int8 activations) measured faster
+    ``avx512`` leads only where the CPU has AMX: without tiles, the int8 sets (avx512-vnni, avx2) measured faster
     on the same AVX-512 BF16 Xeon, at one row and at eight, eager and compiled (docs/engine.md), with greedy
     output as close to the float model's."""
     flags = cpu_flags()
@@ -244,7 +271,8 @@ def set_amx(on: bool) -> bool:
 
 def describe() -> str:
     """One line for logs, benchmarks and test reports: the CPU's relevant features and the set in use."""
-    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "asimd", "asimddp")
+    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16")
+    wanted += ("asimd", "asimddp")
     flags = cpu_flags()
     has = " ".join(f for f in wanted if f in flags) or "none of the known SIMD flags"
     chosen = choose()

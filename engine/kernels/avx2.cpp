@@ -20,6 +20,15 @@
 #include <cstring>
 #include <type_traits>
 
+// The VNNI builds of this file (the avx512-vnni and avx-vnni sets): VPDPBUSD adds the four u8 x s8 products of
+// each 32-bit lane into an s32 accumulator in one instruction, where AVX2 needs VPMADDUBSW, VPMADDWD and VPADDD.
+// It groups the same four bytes per lane, so the results are exactly the AVX2 build's.
+#if defined(__AVXVNNI__)
+#define ENIGMA_DPBUSD(acc, u8, s8) _mm256_dpbusd_avx_epi32(acc, u8, s8)
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define ENIGMA_DPBUSD(acc, u8, s8) _mm256_dpbusd_epi32(acc, u8, s8)
+#endif
+
 namespace enigma_tile8 {
 
 namespace {
@@ -77,7 +86,8 @@ template <int MT, int NT>
 inline void q4_unit(const uint8_t* codes, const uint16_t* scales, const float* mins, int64_t groups, int64_t tile0,
                     const int8_t* x8, const float* dx, const float* sx, float* y, int64_t ldy, int64_t n) {
   const int64_t k = groups * kBlock;
-  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);  // not in the VNNI builds
   __m256 acc[MT][NT];
   #pragma GCC unroll 8
   for (int m = 0; m < MT; ++m)
@@ -101,8 +111,13 @@ inline void q4_unit(const uint8_t* codes, const uint16_t* scales, const float* m
         const __m256i xl = bcast32(xr), xh = bcast32(xr + 4);
         #pragma GCC unroll 8
         for (int j = 0; j < NT; ++j) {
+#ifdef ENIGMA_DPBUSD
+          const __m256i from = c == 0 ? _mm256_setzero_si256() : s[m][j];
+          s[m][j] = ENIGMA_DPBUSD(ENIGMA_DPBUSD(from, lo[j], xl), hi[j], xh);
+#else
           const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[j], xl), _mm256_maddubs_epi16(hi[j], xh));
           s[m][j] = c == 0 ? p : _mm256_add_epi16(s[m][j], p);
+#endif
           pin(s[m][j]);
         }
       }
@@ -114,7 +129,11 @@ inline void q4_unit(const uint8_t* codes, const uint16_t* scales, const float* m
       const __m256 mn = _mm256_loadu_ps(mins + at);
       #pragma GCC unroll 8
       for (int m = 0; m < MT; ++m) {
+#ifdef ENIGMA_DPBUSD
+        const __m256 f = _mm256_cvtepi32_ps(s[m][j]);  // already s32
+#else
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[m][j], ones));
+#endif
         acc[m][j] = _mm256_fmadd_ps(_mm256_mul_ps(f, _mm256_set1_ps(dx[m * groups + g])), d, acc[m][j]);
         acc[m][j] = _mm256_fmadd_ps(mn, _mm256_set1_ps(sx[m * groups + g]), acc[m][j]);
       }
@@ -136,7 +155,7 @@ template <int MT, int NT>
 inline void i8_unit(const int8_t* w, const float* scales, int64_t k, int64_t tile0, const int8_t* x8,
                     const float* dx, float* y, int64_t ldy, int64_t n) {
   const int64_t chunks = k / 4, blocks = k / kBlock;
-  const __m256i ones = _mm256_set1_epi16(1);
+  [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MT][NT];
   #pragma GCC unroll 8
   for (int m = 0; m < MT; ++m)
@@ -157,8 +176,13 @@ inline void i8_unit(const int8_t* w, const float* scales, int64_t k, int64_t til
         const __m256i xb = bcast32(x8 + m * k + b * kBlock + 4 * c);
         #pragma GCC unroll 8
         for (int j = 0; j < NT; ++j) {
+#ifdef ENIGMA_DPBUSD
+          const __m256i from = c == 0 ? _mm256_setzero_si256() : s[m][j];
+          s[m][j] = ENIGMA_DPBUSD(from, aw[j], _mm256_sign_epi8(xb, wv[j]));
+#else
           const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[j], _mm256_sign_epi8(xb, wv[j])), ones);
           s[m][j] = c == 0 ? p : _mm256_add_epi32(s[m][j], p);
+#endif
           pin(s[m][j]);
         }
       }

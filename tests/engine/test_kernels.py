@@ -34,7 +34,7 @@ def isa(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture(params=["avx512", "avx512-amx", "avx2", "neon-dot", "neon"])
+@pytest.fixture(params=["avx512", "avx512-amx", *(name for name in kernels.ISAS if name != "avx512")])
 def path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every implementation of the matmuls: each set's vector code, and AMX tiles for two rows and more."""
     name = request.param.removesuffix("-amx")
@@ -372,11 +372,16 @@ def test_a_failed_build_leaves_torch_kernels_and_says_why(tmp_path: Path) -> Non
     assert out[1].startswith("build failed: "), out
 
 
+AVX512 = "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16"
+
+
 @pytest.mark.parametrize(
     ("machine", "flags", "chosen"),
     [
-        ("x86_64", "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16 amx_tile amx_bf16", "avx512"),
-        ("x86_64", "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16", "avx2"),  # no AMX: avx2 is faster
+        ("x86_64", f"{AVX512} avx512_vnni avx_vnni amx_tile amx_bf16", "avx512"),
+        ("x86_64", f"{AVX512} avx512_vnni avx_vnni", "avx512-vnni"),  # no AMX: the int8 sets are faster
+        ("x86_64", AVX512, "avx2"),
+        ("x86_64", "avx2 fma f16c avx_vnni", "avx-vnni"),
         ("x86_64", "avx2 fma f16c", "avx2"),
         ("x86_64", "avx fma", None),
         ("aarch64", "fp asimd asimddp", "neon-dot"),

@@ -140,15 +140,20 @@ class DaemonProcess:
 
 
 def clean_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a daemon under test: no ENIGMA_* or XDG settings leak in from the developer's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENIGMA_", "XDG_", "NOTIFY_SOCKET"))}
+    """The environment for a daemon under test: no ENIGMA_* or XDG settings leak in from the developer's shell,
+    but the switches that force a kernel path (ENIGMA_KERNELS, ENIGMA_AMX) do, so that a run forced onto one
+    path (docs/engine.md) runs its daemons there too."""
+    forcing = ("ENIGMA_KERNELS", "ENIGMA_AMX")
+    env = {
+        k: v for k, v in os.environ.items() if k in forcing or not k.startswith(("ENIGMA_", "XDG_", "NOTIFY_SOCKET"))
+    }
     env["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
     env["XDG_DATA_HOME"] = str(tmp / "xdg-data")
     env["PYTHONUNBUFFERED"] = "1"
     # A daemon under test loads no model unless the test configures modules.autoload itself.
     env["ENIGMA_DEFAULT_AUTOLOAD"] = ""
-    # Compiling the decode step costs tens of seconds per model load; the serving tests' main daemon (and
-    # tests/engine/test_compile.py) exercise it, the many other daemons that load a model stay eager.
+    # Building the compiled decode step takes minutes for the default model on two cores; the daemons under test
+    # stay eager, and tests/engine/test_aot.py and test_compile.py build it for a tiny model.
     env["ENIGMA_MODULES__LLM__COMPILE"] = "off"
     env.update(extra or {})
     return env

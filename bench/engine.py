@@ -343,8 +343,8 @@ def main() -> None:
         "--modes",
         default="fp32,int8,int4,gguf,compiled,compiled-vector,compiled-torch",
         help="native modes (compiled: gguf + compiled decode; a -torch suffix: PyTorch's kernels, not enigma's; "
-        "-vector: enigma's without AMX tiles (skipped where there are none); -avx2, -avx512, -neon, -neon-dot: "
-        "that kernel set, where the CPU runs it)",
+        "-vector: enigma's without AMX tiles (skipped where there are none); -avx512, -avx512-vnni, -avx-vnni, "
+        "-avx2, -neon, -neon-dot: that kernel set, where the CPU runs it)",
     )
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")

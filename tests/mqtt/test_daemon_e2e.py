@@ -80,9 +80,11 @@ async def test_module_events_reach_mqtt_and_roles_apply(broker: Mosquitto, enigm
 
 async def test_daemon_lists_and_commands_a_sim_robot(broker: Mosquitto, enigmad: Any) -> None:
     robot = RobotNode("bot7", SimDriver(), MqttSettings(url=broker.url), limits=Limits(), rate=10)
-    await robot.start(wait=10)
     try:
+        # Subscribed before the robot starts: the state events are not retained, and the daemon may see the
+        # announcement and publish them before a later subscription is in place.
         async with collector(broker, f"enigma/{NODE}/event/robot/state") as c:
+            await robot.start(wait=10)
             # status and announcement arrive separately: wait for the event that has both
             await c.wait_for(
                 lambda: any(

@@ -219,7 +219,7 @@ def preference() -> tuple[str, ...]:
     """The sets in the order ``auto`` tries them on this CPU.
 
     ``avx512`` leads only where the CPU has AMX: without tiles, the int8 sets (avx512-vnni, avx2) served eight
-    streams 31–43 % faster on the same AVX-512 BF16 Xeon (docs/engine.md), with greedy output as close to the
+    streams 22–34 % faster on the same AVX-512 BF16 Xeon (docs/engine.md), with greedy output as close to the
     float model's."""
     flags = cpu_flags()
     if "amx_bf16" in flags and "amx_tile" in flags:

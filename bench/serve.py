@@ -8,8 +8,8 @@
    <= 10 ms of TTFT. Two processes on a busy machine get unequal CPU shares, so the same figures are also
    shown against the daemon's own timing of those very requests (its ``usage``: from handing the prompt to
    the scheduler to each delta reaching its event loop); that difference is the bus and SDK alone.
-3. The same greedy completion from llama.cpp (llama-cpp-python, in a process of its own) on the same GGUF with the same
-   thread count: the daemon's decode rate against it (target >= 1.0x) and its TTFT beside ours.
+3. The same greedy completion from llama.cpp (llama-cpp-python, in a process of its own) on the same GGUF with
+   the same thread count: the daemon's decode rate against it (target >= 1.0x) and its TTFT beside ours.
 4. Aggregate tokens/s with 1, 4, 8 and 16 SDK clients streaming at once (each its own connection), as a ratio
    to one client, beside the same counts of concurrent requests on the in-process engine, each the median of
    ``--conc-runs`` rounds over all the levels. Target: 8 clients >= 4x one.

@@ -220,8 +220,7 @@ def os_zeroed(shape: tuple[int, ...], dtype: torch.dtype, align: int = 64) -> Te
 
     ``torch.zeros`` writes every byte up front: 2.7 s for SmolLM2's 1.5 GB cache (8 rows × 4096 positions) at
     every start, and all of it resident at once although a short conversation touches a few MB of it."""
-    count = math.prod(shape)
-    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = torch.from_numpy(np.zeros(nbytes + align, dtype=np.uint8))
     start = -raw.data_ptr() % align
     return raw[start : start + nbytes].view(dtype).view(shape)

@@ -6,7 +6,8 @@ weights once into registers and multiply it into every row. Sets, best first, ch
 
 - ``avx512``: AVX-512 BF16 dot products, with AMX tiles for batches of rows (``cpu_kernels.cpp``,
   ``amx.cpp``); weights in 16-lane tiles ("lane16"). Chosen where the CPU has AMX (Sapphire Rapids and later);
-  on AVX-512 CPUs without it (Zen 4, Ice Lake…) ``avx2`` measured faster and is chosen (``preference``).
+  on AVX-512 CPUs without it (Zen 4, Ice Lake…) the int8 sets below measured faster and come first
+  (``preference``).
 - ``avx512-vnni`` / ``avx-vnni``: ``avx2.cpp`` built with VPDPBUSD (AVX512-VNNI on 256-bit registers: Zen 4,
   Ice Lake and later Xeons; AVX-VNNI: Alder Lake and later Cores), one instruction where AVX2 needs three.
 - ``avx2``: AVX2 + FMA + F16C (Intel since Haswell, every AMD Zen): the activations are quantized to int8 per

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = ["Client", "Event", "Stream", "Subscription"]
 log = logging.getLogger("enigma.sdk")
 
 HEARTBEAT_TOPIC = "sys.heartbeat"
+LIVE_PROBE_PREFIX = "client.live."  # Subscription.live() publishes here
 _MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -375,6 +377,23 @@ class Client:
             self._pumps.append(self._sub_pump)
         self._subs.append(sub)
         self._filter(sub.prefix, +1)
+
+    async def _until_live(self, timeout: float) -> None:
+        """Publish a probe on a topic of our own until it comes back: one SUB socket applies its filters in
+        order, so once the probe's filter is live every earlier one is too. (``bus.publish`` is open to every
+        role, so any client can do this.)"""
+        topic = f"{LIVE_PROBE_PREFIX}{secrets.token_hex(8)}"
+        try:
+            async with asyncio.timeout(timeout), self.subscribe(topic) as probe:
+                wait = 0.05
+                while True:
+                    await self.call("bus.publish", {"topic": topic, "body": {}}, timeout=timeout)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(anext(probe), wait)
+                        return
+                    wait = min(wait * 2, 1.0)
+        except TimeoutError:
+            raise Timeout(f"no events from {self.events} within {timeout:g} s: the subscription is not live") from None
 
     def _remove_subscription(self, sub: Subscription) -> None:
         if sub in self._subs:

@@ -168,6 +168,16 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
+    async def live(self, timeout: float = 10.0) -> None:
+        """Return once the daemon applies this filter, so no event published from now on is missed.
+
+        ZeroMQ sends a filter to the daemon on its own connection: an event published right after ``subscribe``
+        returns (say, by a request sent at once) can reach the daemon before the filter does and be lost to
+        this client. Raises ``Timeout`` if the daemon does not confirm within ``timeout`` seconds.
+        """
+        await self._ensure()
+        await self._client._until_live(timeout)
+
     async def __anext__(self) -> Event:
         await self._ensure()
         while not self._queue:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from clients.sdk import Cancelled, Client, NotFound, Subscription
+from clients.sdk import Cancelled, Client, NotFound, Timeout
 from tests.conftest import DaemonProcess
 
 
@@ -15,20 +15,6 @@ from tests.conftest import DaemonProcess
 async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
     async with Client(daemon.rpc, daemon.events, timeout=10.0) as c:
         yield c
-
-
-async def live(client: Client, sub: Subscription) -> None:
-    """Publish probes until one arrives: from then on the subscription sees every event."""
-    async with asyncio.timeout(10):
-        while True:
-            await client.call("bus.publish", {"topic": "test.probe", "body": {}})
-            try:
-                async with asyncio.timeout(0.2):
-                    async for ev in sub:
-                        if ev.topic == "test.probe":
-                            return
-            except TimeoutError:
-                continue
 
 
 async def test_sdk_call_returns_the_reply_body(daemon: DaemonProcess, client: Client) -> None:
@@ -46,7 +32,7 @@ async def test_sdk_raises_the_typed_error_of_the_handler(client: Client) -> None
 
 async def test_sdk_subscriber_sees_every_module_state_of_a_load(client: Client) -> None:
     async with client.subscribe("") as sub:
-        await live(client, sub)
+        await sub.live()
         await client.call("module.load", {"name": "echo"})
         states = []
         async with asyncio.timeout(10):
@@ -56,6 +42,21 @@ async def test_sdk_subscriber_sees_every_module_state_of_a_load(client: Client) 
                     if ev.body["state"] == "active":
                         break
     assert states == ["loading", "loaded", "active"]
+
+
+async def test_sdk_live_subscription_sees_an_event_published_right_after(daemon: DaemonProcess) -> None:
+    async with Client(daemon.rpc, daemon.events, timeout=10.0) as c, c.subscribe("test.right-after") as sub:
+        await sub.live()
+        await c.call("bus.publish", {"topic": "test.right-after", "body": {"n": 1}})
+        ev = await asyncio.wait_for(anext(sub), 10)
+    assert (ev.topic, ev.body) == ("test.right-after", {"n": 1})
+
+
+async def test_sdk_live_times_out_when_no_events_arrive(daemon: DaemonProcess, unused_tcp_port: int) -> None:
+    nowhere = f"tcp://127.0.0.1:{unused_tcp_port}"  # requests reach the daemon, events come from nowhere
+    async with Client(daemon.rpc, nowhere, timeout=10.0) as c, c.subscribe("test.") as sub:
+        with pytest.raises(Timeout, match=rf"no events from {nowhere} within 0.5 s: the subscription is not live"):
+            await sub.live(timeout=0.5)
 
 
 async def test_sdk_stream_yields_chunks_and_the_end_body(client: Client) -> None:

@@ -143,8 +143,8 @@ async def test_restore_publishes_sys_restored(daemon_factory: StartDaemon, tmp_p
     d = daemon_factory(data_dir=tmp_path / "d")
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         data, end = await take_backup(c)
-        async with c.subscribe("sys.restored") as sub, c.subscribe("probe") as probe:
-            await _until_live(c, probe)  # filters reach the daemon in order: sys.restored is live too
+        async with c.subscribe("sys.restored") as sub:
+            await sub.live()
             await restore(c, data)
             ev = await asyncio.wait_for(sub.__anext__(), 10)
     assert ev.body["backup"]["node_id"] == end["manifest"]["node_id"]
@@ -158,8 +158,8 @@ async def test_restore_completes_when_its_requester_gives_up(daemon_factory: Sta
         data, _ = await take_backup(c)
     d = daemon_factory(data_dir=tmp_path / "d")
     async with Client(d.rpc, d.events, timeout=20.0) as watcher, Client(d.rpc, d.events, timeout=20.0) as c:
-        async with watcher.subscribe("sys.restored") as sub, watcher.subscribe("probe") as probe:
-            await _until_live(watcher, probe)
+        async with watcher.subscribe("sys.restored") as sub:
+            await sub.live()
             upload_id = await upload(c, data)
             with pytest.raises(TimeoutError):  # the client cancels the request right after sending it
                 await asyncio.wait_for(c.call("backup.restore", {"upload_id": upload_id}), 0.001)
@@ -167,18 +167,6 @@ async def test_restore_completes_when_its_requester_gives_up(daemon_factory: Sta
         states = {m["name"]: m["state"] for m in (await watcher.call("module.list"))["modules"]}
     assert states["echo"] == "active"
     assert (tmp_path / "d" / "enigma.db.before-restore").is_file()
-
-
-async def _until_live(c: Client, probe: Any) -> None:
-    """Publish on the probe topic until it comes back: then the subscription has reached the daemon."""
-    async with asyncio.timeout(10):
-        while True:
-            await c.call("bus.publish", {"topic": "probe", "body": {}})
-            try:
-                await asyncio.wait_for(probe.__anext__(), 0.2)
-                return
-            except TimeoutError:
-                continue
 
 
 async def test_backup_holds_state_files_but_not_model_weights(daemon_factory: StartDaemon, tmp_path: Path) -> None:

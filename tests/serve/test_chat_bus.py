@@ -114,6 +114,7 @@ async def test_cancel_keeps_the_partial_reply_marked_incomplete(client: Client, 
     fake_ollama.configure(hold=True)
     session = await client.call("session.new", {})
     async with client.subscribe("chat.message") as events:
+        await events.live()
         async with client.stream("chat.send", {"session_id": session["id"], "text": "tell me"}) as s:
             assert await s.__anext__() == {"text": "The"}
             await s.cancel()
@@ -384,6 +385,7 @@ async def test_backend_without_preload_loads_at_the_first_request(
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         assert (await c.call("llm.stats", {}))["state"] == "standby"
         async with c.subscribe("llm.state") as states:
+            await states.live()
             chunks, _ = await send_chat(c, {"text": "wake up"})
             seen = [(await asyncio.wait_for(states.__anext__(), 10)).body["state"] for _ in range(2)]
     assert "".join(chunks) == "The capital is Paris."

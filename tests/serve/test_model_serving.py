@@ -142,6 +142,7 @@ async def test_client_killed_mid_stream_cancels_its_generation(daemon: DaemonPro
     )
     try:
         async with client.subscribe("llm.state") as states:
+            await states.live()
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line.strip() == b"chunk"
@@ -247,19 +248,22 @@ async def test_model_add_load_and_remove_switch_the_serving_model(client: Client
     default = next(m for m in (await client.call("model.list", {}))["models"] if m["default"])
     added = await client.call("model.add", {"path": default["path"], "name": "smol-copy"})
     assert (added["name"], added["format"]) == ("smol-copy", "gguf")
-    async with client.subscribe("llm.state") as states:
-        loaded = await client.call("model.load", {"name": "smol-copy"}, timeout=120)
-        seen = [(await asyncio.wait_for(states.__anext__(), 30)).body["state"] for _ in range(2)]
-    assert seen == ["loading", "ready"]
-    assert loaded["loaded"] == "smol-copy"
-    assert (await client.call("llm.stats", {}))["model"] == "smol-copy"
-    marked = {m["name"]: m["loaded"] for m in (await client.call("model.list", {}))["models"]}
-    assert marked == {"smollm2-135m-instruct": False, "smol-copy": True}
-    with pytest.raises(Conflict, match="model 'smol-copy' is loaded; load another model before removing it"):
-        await client.call("model.remove", {"name": "smol-copy"})
-    _, end = await send_chat(client, {"text": FRANCE, "temperature": 0, "max_tokens": 12})
-    assert end["usage"]["model"] == "smol-copy"
-    await client.call("model.load", {"name": "smollm2-135m-instruct"}, timeout=120)
+    try:
+        async with client.subscribe("llm.state") as states:
+            await states.live()
+            loaded = await client.call("model.load", {"name": "smol-copy"}, timeout=120)
+            seen = [(await asyncio.wait_for(anext(states), 30)).body["state"] for _ in range(2)]
+        assert seen == ["loading", "ready"]
+        assert loaded["loaded"] == "smol-copy"
+        assert (await client.call("llm.stats", {}))["model"] == "smol-copy"
+        marked = {m["name"]: m["loaded"] for m in (await client.call("model.list", {}))["models"]}
+        assert marked == {"smollm2-135m-instruct": False, "smol-copy": True}
+        with pytest.raises(Conflict, match="model 'smol-copy' is loaded; load another model before removing it"):
+            await client.call("model.remove", {"name": "smol-copy"})
+        _, end = await send_chat(client, {"text": FRANCE, "temperature": 0, "max_tokens": 12})
+        assert end["usage"]["model"] == "smol-copy"
+    finally:  # the daemon is shared: a failure here must not leave the copy serving the next test
+        await client.call("model.load", {"name": "smollm2-135m-instruct"}, timeout=120)
     assert await client.call("model.remove", {"name": "smol-copy"}) == {"removed": "smol-copy"}
     assert [m["name"] for m in (await client.call("model.list", {}))["models"]] == ["smollm2-135m-instruct"]
 

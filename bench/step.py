@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from daemon.llm.native import _artifact_name, step_cache_dir
+    from daemon.modules.llm.native import _artifact_name, step_cache_dir
     from engine import kernels
     from engine.compile import AotUnavailable, ModelRecipe, build_artifact, load_artifact, step_key
     from engine.loader import default_model_path

@@ -98,7 +98,7 @@ class Hub:
     def front(self, method: str, front: Front) -> Callable[[], None]:
         """Put ``front(call, local)`` in front of ``method``, whether or not a handler is registered for it.
 
-        How work goes where the model is (``daemon.peers``): the front forwards the call or passes it to
+        How work goes where the model is (``daemon.modules.peers``): the front forwards the call or passes it to
         ``local``, which is the ordinary dispatch (unknown method, role and schema checks, the handler). One
         front per method; returns a function that removes it.
         """

@@ -1,6 +1,6 @@
 """The event topics the daemon core publishes, with the shape of their bodies, in one place.
 
-Modules keep their own topic constants beside their code (``system.stats`` in ``daemon.modules.system``).
+Modules keep their own topic constants beside their code (``system.stats`` in ``daemon.modules.system.module``).
 """
 
 from __future__ import annotations

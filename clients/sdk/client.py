@@ -378,11 +378,12 @@ class Client:
         self._subs.append(sub)
         self._filter(sub.prefix, +1)
 
-    async def _until_live(self, timeout: float) -> None:
+    async def _until_live(self) -> None:
         """Publish a probe on a topic of our own until it comes back: one SUB socket applies its filters in
         order, so once the probe's filter is live every earlier one is too. (``bus.publish`` is open to every
         role, so any client can do this.)"""
         topic = f"{LIVE_PROBE_PREFIX}{secrets.token_hex(8)}"
+        timeout = self.timeout
         try:
             async with asyncio.timeout(timeout), self.subscribe(topic) as probe:
                 wait = 0.05

@@ -168,15 +168,15 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def live(self, timeout: float = 10.0) -> None:
+    async def live(self) -> None:
         """Return once the daemon applies this filter, so no event published from now on is missed.
 
         ZeroMQ sends a filter to the daemon on its own connection: an event published right after ``subscribe``
         returns (say, by a request sent at once) can reach the daemon before the filter does and be lost to
-        this client. Raises ``Timeout`` if the daemon does not confirm within ``timeout`` seconds.
+        this client. Raises ``Timeout`` if the daemon does not confirm within the client's timeout.
         """
         await self._ensure()
-        await self._client._until_live(timeout)
+        await self._client._until_live()
 
     async def __anext__(self) -> Event:
         await self._ensure()

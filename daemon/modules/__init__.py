@@ -7,13 +7,13 @@ listed or loaded, so a module's heavy dependencies stay behind its ``load()``. A
 from __future__ import annotations
 
 REGISTRY: dict[str, str] = {
-    "echo": "daemon.modules.echo:EchoModule",
-    "system": "daemon.modules.system:SystemModule",
-    "llm": "daemon.modules.llm:NativeLLMModule",
-    "ollama": "daemon.modules.llm:OllamaLLMModule",
-    "llamacpp": "daemon.modules.llm:LlamaCppLLMModule",
-    "chat": "daemon.modules.chat:ChatModule",
-    "mqtt": "daemon.modules.mqtt:MqttModule",
-    "robots": "daemon.modules.robots:RobotsModule",
-    "peers": "daemon.modules.peers:PeersModule",
+    "echo": "daemon.modules.echo.module:EchoModule",
+    "system": "daemon.modules.system.module:SystemModule",
+    "llm": "daemon.modules.llm.module:NativeLLMModule",
+    "ollama": "daemon.modules.llm.module:OllamaLLMModule",
+    "llamacpp": "daemon.modules.llm.module:LlamaCppLLMModule",
+    "chat": "daemon.modules.chat.module:ChatModule",
+    "mqtt": "daemon.modules.mqtt.module:MqttModule",
+    "robots": "daemon.modules.robots.module:RobotsModule",
+    "peers": "daemon.modules.peers.module:PeersModule",
 }

@@ -244,7 +244,7 @@ def test_a_refused_artifact_is_reported_and_the_model_stays_eager(
 async def test_the_backend_serves_eagerly_then_swaps_in_the_stored_step(
     recipe: ModelRecipe, artifact, tmp_path: Path, monkeypatch
 ) -> None:
-    from daemon.llm.native import NativeBackend, _artifact_name, step_cache_dir
+    from daemon.modules.llm.native import NativeBackend, _artifact_name, step_cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
@@ -267,7 +267,7 @@ async def test_the_backend_serves_eagerly_then_swaps_in_the_stored_step(
 
 
 async def test_the_backend_reports_why_it_stays_eager(recipe: ModelRecipe, tmp_path: Path, monkeypatch) -> None:
-    from daemon.llm.native import NativeBackend
+    from daemon.modules.llm.native import NativeBackend
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CACHE_DIRECTORY", raising=False)

@@ -14,9 +14,9 @@ from bus.auth import generate_keypair
 from bus.errors import Forbidden, Unavailable, UnknownMethod
 from bus.service import Call, Caller, Result
 from daemon.hub import Hub
-from daemon.peers.link import PeerLink
-from daemon.peers.router import LOCAL, Router
-from daemon.peers.store import PeerEntry
+from daemon.modules.peers.link import PeerLink
+from daemon.modules.peers.router import LOCAL, Router
+from daemon.modules.peers.store import PeerEntry
 
 USER = Caller("zmq", "c1", "user")
 

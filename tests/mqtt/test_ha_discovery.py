@@ -13,7 +13,7 @@ from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
 from daemon.hub import Hub
 from daemon.module import ModuleContext
-from daemon.modules.robots import RobotsModule
+from daemon.modules.robots.module import RobotsModule
 from tests.mqtt.broker import Mosquitto
 from tests.mqtt.conftest import NODE, bridge_config
 from tests.mqtt.helpers import collector

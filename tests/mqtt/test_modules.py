@@ -17,8 +17,8 @@ from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
 from daemon.hub import Hub
 from daemon.module import ModuleContext
-from daemon.modules.mqtt import MqttModule
-from daemon.modules.robots import RobotsModule
+from daemon.modules.mqtt.module import MqttModule
+from daemon.modules.robots.module import RobotsModule
 from tests.mqtt.broker import Mosquitto, free_port
 from tests.mqtt.helpers import collector
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bus.errors import Conflict, NotFound
-from daemon.chat.store import MIGRATIONS, ChatStore
+from daemon.modules.chat.store import MIGRATIONS, ChatStore
 from daemon.store import Store
 
 

@@ -11,7 +11,7 @@ from bus.errors import TooLarge
 
 pytest.importorskip("llama_cpp")
 
-from daemon.llm.llamacpp import LlamaCppBackend
+from daemon.modules.llm.llamacpp import LlamaCppBackend
 
 # One model load for the whole module: the fixture and the tests share one event loop.
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.llm.native import NativeBackend, compile_cache_dir
+from daemon.modules.llm.native import NativeBackend, compile_cache_dir
 from engine.errors import ModelFileError
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bus.errors import NotFound, Unavailable
-from daemon.llm.ollama import OllamaBackend, list_models, ollama_options
+from daemon.modules.llm.ollama import OllamaBackend, list_models, ollama_options
 from tests.serve.fake_ollama import FakeOllama
 
 

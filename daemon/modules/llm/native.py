@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from daemon.llm.base import Backend, Generation, Item
+from daemon.modules.llm.base import Backend, Generation, Item
 
 if TYPE_CHECKING:
     from engine.compile import BackgroundCompile

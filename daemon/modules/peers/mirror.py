@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bus.errors import BusError
-from daemon.peers.link import PeerLink
+from daemon.modules.peers.link import PeerLink
 
 log = logging.getLogger("enigma.peers")
 

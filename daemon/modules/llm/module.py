@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bus.service import Call
-from daemon.llm import service as s
-from daemon.llm.base import Backend
-from daemon.llm.options import SAMPLING_SCHEMA
 from daemon.module import Module
+from daemon.modules.llm import service as s
+from daemon.modules.llm.base import Backend
+from daemon.modules.llm.options import SAMPLING_SCHEMA
 
 PROVIDES = ("llm.generate", "llm.chat", "llm.stats")
 
@@ -96,7 +96,7 @@ class LLMModule(Module):
 class NativeLLMModule(LLMModule):
     """Also serves the model store: ``model.list|show|add|remove|load``. ``[modules.llm]`` options:
     ``model`` (a stored model's name or a path; the packaged default when empty), ``max_batch``,
-    ``context_length``, ``max_queue``, ``dtype``, ``kernels`` (see ``daemon.llm.native.NativeBackend``)."""
+    ``context_length``, ``max_queue``, ``dtype``, ``kernels`` (see ``daemon.modules.llm.native.NativeBackend``)."""
 
     name = "llm"
     description = "Language model on the native PyTorch engine with continuous batching (default model built in)."
@@ -116,12 +116,12 @@ class NativeLLMModule(LLMModule):
         return 0
 
     def make_backend(self, model: str, options: dict[str, Any]) -> Backend:
-        from daemon.llm.native import NativeBackend
+        from daemon.modules.llm.native import NativeBackend
 
         return NativeBackend(model, options, self.ctx.data_dir)
 
     async def load(self) -> None:
-        from daemon.llm import models
+        from daemon.modules.llm import models
 
         _model, options, _, _ = self._options()
         await super().load()
@@ -145,14 +145,14 @@ class OllamaLLMModule(LLMModule):
     provides = (*PROVIDES, "model.list", "model.load")
 
     def make_backend(self, model: str, options: dict[str, Any]) -> Backend:
-        from daemon.llm.ollama import OllamaBackend
+        from daemon.modules.llm.ollama import OllamaBackend
 
         if not model:
             raise ValueError("modules.ollama.model must name a model the Ollama server has (e.g. 'llama3.2:1b')")
         return OllamaBackend(model, options)
 
     async def load(self) -> None:
-        from daemon.llm import models
+        from daemon.modules.llm import models
 
         await super().load()
         self.ctx.register("model.list", self.list_models, schema=models.LIST_SCHEMA)
@@ -160,7 +160,7 @@ class OllamaLLMModule(LLMModule):
 
     async def list_models(self, call: Call) -> dict[str, Any]:
         """The Ollama server's models (``/api/tags``); ``loaded`` marks the one serving."""
-        from daemon.llm.ollama import OllamaBackend, list_models
+        from daemon.modules.llm.ollama import OllamaBackend, list_models
 
         assert self.service is not None
         backend = self.service.backend
@@ -199,6 +199,6 @@ class LlamaCppLLMModule(LLMModule):
     backend_kind = "llamacpp"
 
     def make_backend(self, model: str, options: dict[str, Any]) -> Backend:
-        from daemon.llm.llamacpp import LlamaCppBackend
+        from daemon.modules.llm.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(model, options, self.ctx.data_dir)

@@ -31,10 +31,10 @@ from bus.errors import BadRequest, BusError, NotFound, Unavailable
 from bus.pairing import Identity, Paired, PairingWindow, pair_with
 from bus.service import ROLES, Call, Caller
 from daemon.module import Module
-from daemon.peers.link import PeerLink
-from daemon.peers.mirror import Mirror
-from daemon.peers.router import Router
-from daemon.peers.store import PeerEntry, PeerStore
+from daemon.modules.peers.link import PeerLink
+from daemon.modules.peers.mirror import Mirror
+from daemon.modules.peers.router import Router
+from daemon.modules.peers.store import PeerEntry, PeerStore
 
 PEERS_STATE = "peers.state"  # {"node_id", "state", "error"?}: a link went up or down
 PEERS_PAIRED = "peers.paired"  # {"node_id", "name", "fingerprint", "role"}

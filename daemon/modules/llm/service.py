@@ -18,9 +18,9 @@ from typing import Any, Final
 
 from bus.errors import BadRequest, BusError, Busy, Unavailable
 from bus.service import Call
-from daemon.chat.context import fit_context, reply_reserve
-from daemon.llm.base import Backend, Generation, as_bus_error
-from daemon.llm.options import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, merge_sampling, pick_sampling
+from daemon.modules.chat.context import fit_context, reply_reserve
+from daemon.modules.llm.base import Backend, Generation, as_bus_error
+from daemon.modules.llm.options import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, merge_sampling, pick_sampling
 
 log = logging.getLogger("enigma.llm")
 

@@ -25,7 +25,7 @@ from bus.envelope import new_id
 from bus.errors import Forbidden, Unavailable
 from bus.service import Call, Result, role_allows
 from daemon.hub import Hub
-from daemon.peers.link import PeerLink
+from daemon.modules.peers.link import PeerLink
 
 LOCAL: Final = "local"
 STREAMING: Final = frozenset({"llm.generate", "llm.chat"})

@@ -18,7 +18,7 @@ from typing import Any
 from bus.auth import ClientCurve, KeyPair
 from bus.errors import BusError, Unavailable
 from clients.sdk import Client
-from daemon.peers.store import PeerEntry
+from daemon.modules.peers.store import PeerEntry
 
 log = logging.getLogger("enigma.peers")
 

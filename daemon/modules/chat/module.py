@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.chat import service as s
-from daemon.chat.store import MIGRATIONS, ChatStore
 from daemon.module import Module
+from daemon.modules.chat import service as s
+from daemon.modules.chat.store import MIGRATIONS, ChatStore
 from daemon.store import Store
 
 

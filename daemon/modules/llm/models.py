@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from bus.errors import Conflict
 from bus.service import Call
-from daemon.llm.base import Backend, as_bus_error
-from daemon.llm.service import LLMService
+from daemon.modules.llm.base import Backend, as_bus_error
+from daemon.modules.llm.service import LLMService
 
 _MODEL_NAME: Final = {"type": "string", "minLength": 1, "maxLength": 4096}
 NAME_SCHEMA: Final = {"type": "object", "properties": {"name": _MODEL_NAME}, "required": ["name"]}

@@ -17,9 +17,9 @@ from typing import Any, Final
 from bus.envelope import new_id
 from bus.errors import BadRequest, Unavailable, UnknownMethod
 from bus.service import Call
-from daemon.chat.store import ChatStore
 from daemon.hub import Hub
-from daemon.llm.options import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
+from daemon.modules.chat.store import ChatStore
+from daemon.modules.llm.options import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
 
 # Every stored (or finalised) message: the message map as ``session.history`` returns it.
 CHAT_MESSAGE: Final = "chat.message"
@@ -200,7 +200,7 @@ class ChatService:
 
     # -- the reply path ---------------------------------------------------------------------------------------
     def _require_llm(self) -> None:
-        if not self.hub.serves("llm.chat"):  # a local backend, or a peer daemon (daemon.peers)
+        if not self.hub.serves("llm.chat"):  # a local backend, or a peer daemon (daemon.modules.peers)
             raise Unavailable("no LLM backend is loaded; load one with `enigma modules load llm`")
 
     async def _reply(self, call: Call, session: dict[str, Any]) -> dict[str, Any]:

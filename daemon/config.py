@@ -1,7 +1,7 @@
 """enigmad's configuration: a typed schema filled from TOML, then ``ENIGMA_*`` variables, then flags.
 
-Precedence, lowest first: built-in defaults → the TOML file (``--config``, ``$ENIGMA_CONFIG`` or
-``$XDG_CONFIG_HOME/enigma/enigmad.toml`` when it exists) → environment → command-line flags. Every value
+Precedence, lowest first: built-in defaults → the TOML file (``--config``, ``$ENIGMA_CONFIG`` or ``enigmad.toml``
+in the config directory of ``bus.paths`` when it exists) → environment → command-line flags. Every value
 remembers where it came from, so a validation error names the key *and* its source ("in /etc/enigma/x.toml",
 "from $ENIGMA_RPC", "from --rpc").
 
@@ -30,6 +30,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from bus import paths
 from bus.defaults import DEFAULT_EVENTS, DEFAULT_RPC
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -56,7 +57,7 @@ class ConfigError(Exception):
 class DaemonConfig:
     rpc: str = DEFAULT_RPC
     events: str = DEFAULT_EVENTS
-    data_dir: str = ""  # empty: $XDG_DATA_HOME/enigma, else ~/.local/share/enigma
+    data_dir: str = ""  # empty: bus.paths.data_dir() ($XDG_DATA_HOME/enigma, else ~/.local/share/enigma)
     node_id: str = ""  # empty: derived once from the host name and kept in the store
     log_level: str = "info"
     log_levels: dict[str, str] = field(default_factory=dict)  # per area: {"hub" = "debug", "manager" = "warning"}
@@ -148,15 +149,13 @@ class Config:
 
 # -- loading -------------------------------------------------------------------------------------------------
 def default_config_path(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
-    return Path(base) / "enigma" / "enigmad.toml"
+    """``enigmad.toml`` in the config directory (``bus.paths``)."""
+    return paths.config_dir(env) / "enigmad.toml"
 
 
 def default_data_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "share")
-    return Path(base) / "enigma"
+    """The data directory (``bus.paths``) when ``daemon.data_dir`` is not set."""
+    return paths.data_dir(env)
 
 
 def load_config(

@@ -206,6 +206,9 @@ class ModelRecipe:
     """How the served model is made, so that another process (the step's builder) makes the same one.
 
     ``kernels`` is ``engine.quant.prepare_for_inference``'s mode, or ``none`` for the float model as loaded.
+    ``kernel_root`` is where enigma's CPU kernels are built (``engine.kernels.build_dir``): the builder child
+    must find the ones the server built rather than build them again. It does not change the model, so it is
+    no part of a step's key.
     """
 
     path: str
@@ -213,6 +216,7 @@ class ModelRecipe:
     max_seq: int = 4096
     max_batch: int = 8
     kernels: str = "auto"
+    kernel_root: str | None = None
 
     def build(self) -> tuple[LoadedModel, dict[str, Any] | None]:
         """Load, prepare and allocate the cache: the model as it serves, and the preparation's report."""
@@ -230,7 +234,8 @@ class ModelRecipe:
                 from engine.quant import prepare_for_inference
 
                 with torch.no_grad():
-                    report = prepare_for_inference(loaded.model, self.kernels, loaded.source)
+                    root = Path(self.kernel_root) if self.kernel_root else None
+                    report = prepare_for_inference(loaded.model, self.kernels, loaded.source, kernel_root=root)
         finally:
             forget_gguf()
         loaded.model.setup_cache(self.max_batch, min(self.max_seq, loaded.config.max_seq_len))
@@ -247,7 +252,8 @@ def step_key(model: Transformer, recipe: ModelRecipe, batch_sizes: Sequence[int]
     return {
         "format": AOT_FORMAT,
         "model": _file_identity(Path(recipe.path)),
-        "recipe": asdict(recipe) | {"path": str(Path(recipe.path).resolve())},
+        "recipe": {k: v for k, v in asdict(recipe).items() if k != "kernel_root"}
+        | {"path": str(Path(recipe.path).resolve())},
         "layout": _layout_hash(model),
         "code": _code_hash(),
         "torch": torch.__version__,

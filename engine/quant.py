@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -377,7 +378,11 @@ def logits_error(reference: Tensor, other: Tensor) -> dict[str, float]:
 
 
 def prepare_for_inference(
-    model: Transformer, mode: str = "auto", source: str | None = None, kernel: str = "auto"
+    model: Transformer,
+    mode: str = "auto",
+    source: str | None = None,
+    kernel: str = "auto",
+    kernel_root: Path | None = None,
 ) -> dict[str, object]:
     """Pick the fastest kernels for a loaded model, in place; returns what was done (for logs and model cards).
 
@@ -386,7 +391,8 @@ def prepare_for_inference(
     keeps the weights and only fuses the projections. The model is inference-only afterwards.
 
     ``kernel``: ``auto`` builds/loads enigma's own CPU kernels (``engine.kernels``) where the CPU has them and
-    uses PyTorch's elsewhere; ``enigma`` demands ours; ``torch`` keeps PyTorch's.
+    uses PyTorch's elsewhere; ``enigma`` demands ours; ``torch`` keeps PyTorch's. ``kernel_root``: where ours
+    are built and kept (``engine.kernels.build_dir``).
     """
     if mode not in ("auto", "float", *MODES):
         raise UnsupportedQuantization(f"unknown inference mode {mode!r}; choose auto, float, int8 or int4")
@@ -394,10 +400,10 @@ def prepare_for_inference(
         raise UnsupportedQuantization(f"unknown kernel {kernel!r}; choose auto, enigma or torch")
     chosen = "torch"
     if kernel in kernels.ISAS:
-        if not kernels.load(kernel):
+        if not kernels.load(kernel, kernel_root):
             raise UnsupportedQuantization(f"the {kernel} kernels are unavailable: {kernels.reason(kernel)}")
         chosen = kernel
-    elif kernel != "torch" and kernels.load():
+    elif kernel != "torch" and kernels.load(build_root=kernel_root):
         chosen = str(kernels.active())
     elif kernel == "enigma":
         raise UnsupportedQuantization(f"the enigma kernels are unavailable: {kernels.reason()}")

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bus.paths import config_dir
 from clients.cli.exits import CliError, UsageError
 
 if TYPE_CHECKING:
@@ -28,11 +29,6 @@ DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT_LOCAL = 2.0
 CONNECT_TIMEOUT_CURVE_OR_REMOTE = 5.0
 ENV_SERVER_KEY = "ENIGMA_SERVER_KEY"
-
-
-def config_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "enigma"
 
 
 def default_key_file() -> Path:

@@ -293,30 +293,38 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def default_build_dir() -> Path:
-    """Where built kernels are kept: per torch version, beside Inductor's cache (systemd's CacheDirectory)."""
-    root = os.environ.get("CACHE_DIRECTORY") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    base = Path(root) if os.environ.get("CACHE_DIRECTORY") else Path(root) / "enigma"
-    return base / "kernels" / f"torch-{torch.__version__.replace('+', '_')}"
+def build_dir(root: Path | None = None) -> Path:
+    """Where the sets are built under ``root``: one directory per torch version, whose headers they compile against.
+
+    The engine keeps no idea of where a deployment keeps its files: the daemon passes its cache directory
+    (``bus.paths``). Without one, torch's own extension cache is used (``$TORCH_EXTENSIONS_DIR``, else its
+    per-user cache), as for any other torch extension.
+    """
+    if root is None:
+        from torch.utils import cpp_extension
+
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / "enigma"
+    return root / f"torch-{torch.__version__.replace('+', '_')}"
 
 
-def load(isa: str | None = None, build_dir: Path | None = None) -> bool:
+def load(isa: str | None = None, build_root: Path | None = None) -> bool:
     """Build (once, cached on disk) and register a kernel set; False, with ``reason()`` set, if it cannot be.
 
     Without ``isa``: the set this machine should use (``choose()``), which becomes the engine's ``active()``.
     With one: that set only, for tests and benchmarks that compare sets; the engine's choice is unchanged.
+    ``build_root``: where builds are kept (``build_dir``).
     """
     with _lock:
         name = isa if isa is not None else choose()
         if name is None:
             return False
-        ok = _load_set(name, build_dir)
+        ok = _load_set(name, build_root)
         if ok and isa is None:
             _active[:] = [name]
         return ok
 
 
-def _load_set(name: str, build_dir: Path | None) -> bool:
+def _load_set(name: str, build_root: Path | None) -> bool:
     if _loaded.get(name):
         return True
     why = unsupported(name)
@@ -324,7 +332,7 @@ def _load_set(name: str, build_dir: Path | None) -> bool:
         _reasons[name] = why
         return False
     ks = SETS[name]
-    build = (build_dir or default_build_dir()) / name
+    build = build_dir(build_root) / name
     _ninja_on_path()
     try:
         from torch.utils import cpp_extension

@@ -8,6 +8,7 @@ test after that loads it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -223,6 +224,13 @@ def test_an_artifact_for_another_model_layout_is_stale(recipe: ModelRecipe, arti
     model, _ = _model(other)
     with pytest.raises(AotUnavailable, match="built for another batch_sizes, layout, recipe"):
         load_artifact(model, artifact[0], step_key(model, other, BATCHES))
+
+
+def test_where_kernels_are_built_is_no_part_of_the_key(recipe: ModelRecipe) -> None:
+    model, _ = _model(recipe)
+    key = step_key(model, recipe, BATCHES)
+    assert step_key(model, dataclasses.replace(recipe, kernel_root="/elsewhere"), BATCHES) == key
+    assert step_key(model, dataclasses.replace(recipe, max_batch=2), BATCHES) != key
 
 
 def test_a_refused_artifact_is_reported_and_the_model_stays_eager(

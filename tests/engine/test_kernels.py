@@ -363,13 +363,15 @@ def test_a_failed_build_leaves_torch_kernels_and_says_why(tmp_path: Path) -> Non
         "from pathlib import Path\n"
         "from engine import kernels\n"
         f"kernels.SETS[{name!r}] = dataclasses.replace(kernels.SETS[{name!r}], sources=({str(bad)!r},))\n"
-        f"print(kernels.load(build_dir=Path({str(tmp_path / 'build')!r})))\n"
+        f"print(kernels.load(build_root=Path({str(tmp_path / 'build')!r})))\n"
         "print(kernels.reason())\n"
     )
     done = _run(code)
     out = done.stdout.strip().splitlines()
     assert out[0] == "False", done.stderr
     assert out[1].startswith("build failed: "), out
+    # Under the root it was given, per torch version: the daemon's cache directory, never a path of its own.
+    assert [p.name for p in (tmp_path / "build").glob("torch-*/*")] == [name]
 
 
 AVX512 = "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16"

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bus import paths
 from daemon.modules.llm.base import Backend, Generation, Item
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class NativeBackend(Backend):
         from engine.scheduler import Scheduler
 
         max_seq = int(self._max_seq) if self._max_seq else DEFAULT_CONTEXT
-        recipe = ModelRecipe(str(path), self.dtype, max_seq, self.max_batch, self.kernels)
+        recipe = ModelRecipe(str(path), self.dtype, max_seq, self.max_batch, self.kernels, str(kernel_cache_dir()))
         self.stage = f"loading {path.name}"
         loaded, prepared = recipe.build()
         self.context_length = min(max_seq, loaded.config.max_seq_len)
@@ -279,11 +279,13 @@ class NativeBackend(Backend):
 
 
 def compile_cache_dir() -> Path:
-    """Where Inductor keeps compiled kernels between starts: systemd's CacheDirectory, else the XDG cache."""
-    if os.environ.get("CACHE_DIRECTORY"):
-        return Path(os.environ["CACHE_DIRECTORY"].split(":")[0]) / "inductor"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "enigma" / "inductor"
+    """Where Inductor keeps compiled kernels between starts, in the cache directory (``bus.paths``)."""
+    return paths.cache_dir() / "inductor"
+
+
+def kernel_cache_dir() -> Path:
+    """Where the engine's own CPU kernels are built (``engine.kernels``), in the cache directory."""
+    return paths.cache_dir() / "kernels"
 
 
 def step_cache_dir() -> Path:

@@ -4,6 +4,10 @@ The protocol is a few lines: send ``KEY=VALUE`` lines to the AF_UNIX datagram so
 ``NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace). Without ``NOTIFY_SOCKET`` every call is a
 no-op, so the daemon behaves the same under a terminal, a container or systemd. The watchdog is fed from
 a task on the event loop itself: a blocked loop stops the pings and systemd restarts the service.
+
+Why not the ``sdnotify`` package: it reads ``NOTIFY_SOCKET`` from the process environment only (a test hands
+``Notifier`` its own), blocks on a full socket, swallows every error with a bare ``except`` and reports
+nothing back, and has no watchdog interval; what it would replace is the ``sendto`` below.
 """
 
 from __future__ import annotations

@@ -64,7 +64,6 @@ class Hub:
         self._replay_per_topic = replay_per_topic
         self._max_topics = max_topics
         self._event_seq = 0
-        self.inflight: set[asyncio.Task[Any]] = set()
 
     # -- handlers -------------------------------------------------------------------------------------------
     def register(

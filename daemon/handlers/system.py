@@ -37,7 +37,7 @@ def register(hub: Hub, core: Core) -> list[Callable[[], None]]:
             "modules": core.manager.states(),
             "endpoints": dict(core.server.endpoints) if core.server is not None else {},
             "clients": stats.get("clients", 0),
-            "inflight": stats.get("inflight", len(hub.inflight)),
+            "inflight": stats.get("inflight", 0),  # the server counts requests in flight; none before it runs
             "server": stats,
             "caller": {"role": call.caller.role, "transport": call.caller.transport},
         }

@@ -84,42 +84,48 @@ def quantize_from_gguf(
             raw = unpermute_qk(raw, heads)
         return q4_blocks(raw, t.tensor_type.name)
 
-    def float_weight(layer: nn.Module, ours: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mods = [layer.get_submodule(n) for n in _UNFUSED[ours]]
-        w = torch.cat([m.weight.detach().float() for m in mods])
-        biases = [m.bias for m in mods]
-        b = None if all(x is None for x in biases) else torch.cat([x.detach().float() for x in biases if x is not None])
-        return w, b
+    # The fused float weight is built only where a projection is requantized: on the Q4 path it would be an
+    # fp32 copy of every projection, concatenated and thrown away unread.
+    def float_weight(layer: nn.Module, ours: str) -> torch.Tensor:
+        return torch.cat([layer.get_submodule(n).weight.detach().float() for n in _UNFUSED[ours]])
+
+    def fused_bias(layer: nn.Module, ours: str) -> torch.Tensor | None:
+        biases = [layer.get_submodule(n).bias for n in _UNFUSED[ours]]
+        if all(x is None for x in biases):
+            return None
+        return torch.cat([x.detach().float() for x in biases if x is not None])
 
     heads_of = {"attn_q": cfg.n_heads, "attn_k": cfg.kv_heads}
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             built: dict[str, nn.Module] = {}
             for ours, parts in _LAYER_PARTS.items():
-                w, bias = float_weight(layer, ours)
+                bias = fused_bias(layer, ours)
                 blocks = [raw_affine(f"blk.{i}.{p}.weight", heads_of.get(p)) for p in parts]
                 if all(b is not None for b in blocks):
                     built[ours] = Int4Linear(AffineInt4.cat(blocks), bias, kernel)  # type: ignore[arg-type]
                     report["gguf_q4"] += 1
-                elif fallback == "int8":
+                    continue
+                w = float_weight(layer, ours)
+                if fallback == "int8":
                     built[ours] = Int8Linear.from_float(w, bias, kernel)
-                    report["requantized"] += 1
                 else:
                     built[ours] = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), bias, kernel)
-                    report["requantized"] += 1
+                report["requantized"] += 1
             attn, ff = layer.attention, layer.feed_forward
             attn.wqkv, attn.wo = built["attention.wqkv"], built["attention.wo"]
             ff.w13, ff.w2 = built["feed_forward.w13"], built["feed_forward.w2"]
             attn.wq = attn.wk = attn.wv = None
             ff.w1 = ff.w3 = None
         if head != "float" and isinstance(model.output, nn.Linear):
-            w = model.output.weight.detach().float()
-            out_q4 = raw_affine("output.weight", None) if "output.weight" in tensors else None
-            if head == "int4" and out_q4 is not None:
+            out_q4 = raw_affine("output.weight", None) if head == "int4" and "output.weight" in tensors else None
+            if out_q4 is not None:
                 model.output = Int4Linear(out_q4, kernel=kernel)
-            elif head == "int4":
-                model.output = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), kernel=kernel)
             else:
-                model.output = Int8Linear.from_float(w, kernel=kernel)
+                w = model.output.weight.detach().float()
+                if head == "int4":
+                    model.output = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), kernel=kernel)
+                else:
+                    model.output = Int8Linear.from_float(w, kernel=kernel)
     model.quant = {"mode": "gguf", "fallback": fallback, "head": head, **report}  # type: ignore[assignment]
     return report

@@ -155,6 +155,26 @@ def test_smollm2_gguf_q4_loads_straight_into_int4(smollm2_path) -> None:
     assert err["argmax_agree"] == 1.0
 
 
+@pytest.mark.parametrize("fallback", ["int4", "int8"])
+def test_a_float_gguf_is_requantized_from_the_float_weights(tiny_ggufs, fallback: str) -> None:
+    from engine.loader import load_model
+
+    path = tiny_ggufs("llama")
+    lm = load_model(path, max_seq_len=64)
+    ids = torch.tensor([lm.tokenizer.encode("The quick brown fox jumps over the lazy dog")])
+    model = copy.deepcopy(lm.model)
+    report = quantize_from_gguf(model, path, fallback=fallback, kernel="torch")
+    assert report == {"gguf_q4": 0, "requantized": 4 * lm.config.n_layers}
+    kind = Int4Linear if fallback == "int4" else Int8Linear
+    assert isinstance(model.layers[0].attention.wqkv, kind)
+    assert isinstance(model.layers[0].feed_forward.w13, kind)
+    assert isinstance(model.output, Int8Linear)  # the head follows ``head``, int8 by default
+    # The same projections as quantizing the float model directly: requantized from its float weights.
+    direct = quantize_model(copy.deepcopy(lm.model), fallback, group_size=32, kernel="torch")
+    with torch.inference_mode():
+        assert torch.equal(model(ids), direct(ids))
+
+
 def test_prepare_for_inference_float_only_fuses() -> None:
     model = tiny()
     assert prepare_for_inference(model, "float", kernel="torch") == {"mode": "float", "kernel": "torch"}

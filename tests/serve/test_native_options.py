@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from engine.errors import ModelFileError
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"quantize": "int3"}, "quantize must be auto, float, int8, int4 or none, got 'int3'"),
         ({"kernels": "int3"}, "kernels must be auto, float, int8, int4 or none, got 'int3'"),
         ({"compile": "fast"}, "compile must be auto, on or off, got 'fast'"),
         ({"compile": True}, "compile must be auto, on or off, got 'True'"),
@@ -23,9 +25,26 @@ def test_bad_native_options_are_refused(tmp_path: Path, options: dict, message: 
         NativeBackend("default", options, tmp_path)
 
 
-def test_defaults_are_auto_kernels_and_auto_compile(tmp_path: Path) -> None:
+def test_defaults_are_auto_quantize_and_auto_compile(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     backend = NativeBackend("default", {}, tmp_path)
-    assert (backend.kernels, backend.compile, backend.max_batch) == ("auto", "auto", 8)
+    assert (backend.quantize, backend.compile, backend.max_batch) == ("auto", "auto", 8)
+    assert caplog.records == []
+
+
+def test_kernels_is_a_deprecated_name_for_quantize(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "enigma.llm.native"):
+        assert NativeBackend("default", {"kernels": "int8"}, tmp_path).quantize == "int8"
+    assert [r.getMessage() for r in caplog.records] == [
+        "[modules.llm] kernels is deprecated: it picks the quantization, so it is now named quantize"
+    ]
+
+
+def test_quantize_wins_over_its_deprecated_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "enigma.llm.native"):
+        assert NativeBackend("default", {"kernels": "int3", "quantize": "none"}, tmp_path).quantize == "none"
+    assert [r.getMessage() for r in caplog.records] == [
+        "[modules.llm] has both quantize and its deprecated name kernels: kernels is ignored"
+    ]
 
 
 def test_compiled_kernels_live_in_systemds_cache_directory_or_the_xdg_cache(

@@ -96,7 +96,7 @@ class LLMModule(Module):
 class NativeLLMModule(LLMModule):
     """Also serves the model store: ``model.list|show|add|remove|load``. ``[modules.llm]`` options:
     ``model`` (a stored model's name or a path; the packaged default when empty), ``max_batch``,
-    ``context_length``, ``max_queue``, ``dtype``, ``kernels`` (see ``daemon.modules.llm.native.NativeBackend``)."""
+    ``context_length``, ``max_queue``, ``dtype``, ``quantize`` (see ``daemon.modules.llm.native.NativeBackend``)."""
 
     name = "llm"
     description = "Language model on the native PyTorch engine with continuous batching (default model built in)."

@@ -31,6 +31,19 @@ DEFAULT_MAX_BATCH = 8
 # The KV cache is preallocated for max_batch rows of the whole context: SmolLM2's own 8192 would hold 2.9 GB
 # (fp32) resident for a 135M model. 4096 (1.45 GB) is the default cap; context_length sets another.
 DEFAULT_CONTEXT = 4096
+# How the weights are prepared (``engine.quant.prepare_for_inference``'s mode; ``none``: as loaded).
+QUANTIZE_MODES = ("auto", "float", "int8", "int4", "none")
+
+
+def _quantize_key(options: dict[str, Any]) -> str:
+    """``quantize``, or ``kernels`` — its old name, which picked the quantization too — with a warning."""
+    if "kernels" not in options:
+        return "quantize"
+    if "quantize" in options:
+        log.warning("[modules.llm] has both quantize and its deprecated name kernels: kernels is ignored")
+        return "quantize"
+    log.warning("[modules.llm] kernels is deprecated: it picks the quantization, so it is now named quantize")
+    return "kernels"
 
 
 def resolve_model_path(model: str, data_dir: Path) -> Path:
@@ -73,13 +86,14 @@ class NativeGeneration(Generation):
 
 class NativeBackend(Backend):
     """Options (``[modules.llm]``): ``model``, ``max_batch`` (8), ``context_length`` (the model's, capped by
-    this; 4096 when unset), ``max_queue`` (256), ``dtype`` (``float32`` | ``bfloat16``), ``kernels``
+    this; 4096 when unset), ``max_queue`` (256), ``dtype`` (``float32`` | ``bfloat16``), ``quantize``
     (``auto``: the fastest weight-only quantized kernels — a GGUF's Q4 blocks load into them unchanged;
-    ``float``; ``int8``; ``int4``; ``none`` keeps the plain float model, exactly as loaded), ``compile``
+    ``float``; ``int8``; ``int4``; ``none`` keeps the plain float model, exactly as loaded; ``kernels`` is its
+    old, deprecated name), ``compile``
     (``auto``: serve eagerly at once and build the compiled decode step in a background process when a C++
     compiler is present; ``on``: wait for it and fail the load without it; ``off``: stay eager). The build
     takes minutes on two cores; its AOTInductor package is stored under ``$CACHE_DIRECTORY`` (systemd) or
-    ``$XDG_CACHE_HOME/enigma`` and later starts load it in about a second (``docs/serving.md``)."""
+    ``$XDG_CACHE_HOME/enigma`` (``bus.paths``) and later starts load it in about a second (``docs/serving.md``)."""
 
     kind: ClassVar[str] = "native"
 
@@ -90,9 +104,10 @@ class NativeBackend(Backend):
         self.max_queue = int(options.get("max_queue", 256))
         self._max_seq = options.get("context_length")
         self.dtype = str(options.get("dtype", "float32"))
-        self.kernels = str(options.get("kernels", "auto"))
-        if self.kernels not in ("auto", "float", "int8", "int4", "none"):
-            raise ValueError(f"kernels must be auto, float, int8, int4 or none, got {self.kernels!r}")
+        key = _quantize_key(options)
+        self.quantize = str(options.get(key, "auto"))
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"{key} must be {', '.join(QUANTIZE_MODES[:-1])} or none, got {self.quantize!r}")
         self.compile = str(options.get("compile", "auto"))
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
@@ -154,7 +169,7 @@ class NativeBackend(Backend):
         from engine.scheduler import Scheduler
 
         max_seq = int(self._max_seq) if self._max_seq else DEFAULT_CONTEXT
-        recipe = ModelRecipe(str(path), self.dtype, max_seq, self.max_batch, self.kernels, str(kernel_cache_dir()))
+        recipe = ModelRecipe(str(path), self.dtype, max_seq, self.max_batch, self.quantize, str(kernel_cache_dir()))
         self.stage = f"loading {path.name}"
         loaded, prepared = recipe.build()
         self.context_length = min(max_seq, loaded.config.max_seq_len)

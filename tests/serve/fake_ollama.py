@@ -2,7 +2,9 @@
 
 No Ollama can run here, so the backend is tested against this: real sockets, chunked NDJSON exactly as Ollama
 sends it. Replies are scripted per test (``reply_tokens``); ``hold`` makes the server stop after the first token
-until released, so a test can cancel mid-stream and observe the server seeing the connection drop.
+until released, so a test can cancel mid-stream and observe the server seeing the connection drop. ``raw``
+replaces the answer to a chat or generate request with those bytes, after which the server closes the
+connection (a broken or malformed answer); ``silent`` reads the request and never answers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class FakeOllama:
     reply_tokens: list[str] = field(default_factory=lambda: ["The", " capital", " is", " Paris", "."])
     done_reason: str = "stop"
     hold: bool = False
+    raw: bytes | None = None
+    silent: bool = False
     requests: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -70,7 +74,14 @@ class FakeOllama:
             if body.get("model") not in self.models:
                 await self._send_json(writer, 404, {"error": f"model '{body.get('model')}' not found"})
                 return
-            await self._stream(reader, writer, path, body)
+            if self.silent:
+                if not await reader.read(1):  # until the client gives up and closes
+                    self.disconnected.set()
+            elif self.raw is not None:
+                writer.write(self.raw)
+                await writer.drain()
+            else:
+                await self._stream(reader, writer, path, body)
         else:
             await self._send_json(writer, 404, {"error": "404 page not found"})
 

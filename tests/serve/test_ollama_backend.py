@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
-from bus.errors import NotFound, Unavailable
+from bus.errors import BadRequest, BusError, InternalError, NotFound, Unavailable
 from daemon.modules.llm.ollama import OllamaBackend, list_models, ollama_options
 from tests.serve.fake_ollama import FakeOllama
 
@@ -120,3 +121,75 @@ async def test_model_removed_after_load_surfaces_the_server_error() -> None:
 
 def test_default_num_predict_and_context_are_always_sent() -> None:
     assert ollama_options({}, 2048) == {"num_predict": 512, "num_ctx": 2048}
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _answer(status: int, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def _chat_error(server: FakeOllama, limit: float = 5.0) -> BusError:
+    backend = OllamaBackend("smollm2:135m", {"url": server.url, "timeout": limit})
+    await backend.load()
+    gen = backend.chat([{"role": "user", "content": "x"}], {})
+    with pytest.raises(BusError) as exc:
+        await gen.drain()
+    return exc.value
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "message"),
+    [
+        (
+            CHUNKED_HEAD + _chunk(b'{"message": {"content": "The"}, "done": false}\n'),
+            Unavailable,
+            r"POST http://127\.0\.0\.1:\d+/api/chat: connection broke mid-response",
+        ),
+        (
+            CHUNKED_HEAD + _chunk(b"not json\n") + b"0\r\n\r\n",
+            InternalError,
+            r"/api/chat: response line is not JSON: b'not json'",
+        ),
+        (
+            CHUNKED_HEAD + _chunk(b'{"error": "out of memory"}\n') + b"0\r\n\r\n",
+            InternalError,
+            r"/api/chat: server error: out of memory",
+        ),
+        (
+            _answer(503, b'{"error": "overloaded"}'),
+            Unavailable,
+            r"/api/chat: HTTP 503: overloaded",
+        ),
+        (
+            _answer(500, b'{"error": "boom"}'),
+            InternalError,
+            r"/api/chat: HTTP 500: boom",
+        ),
+        (_answer(200, b""), Unavailable, r"ended the stream without done=true"),
+    ],
+    ids=["broken", "not-json", "error-line", "503", "500", "empty"],
+)
+async def test_a_bad_answer_fails_the_generation_with_its_code(raw: bytes, kind: type, message: str) -> None:
+    async with FakeOllama(raw=raw) as server:
+        error = await _chat_error(server)
+    assert type(error) is kind
+    assert re.search(message, error.message), error.message
+
+
+async def test_a_server_that_never_answers_times_out_as_unavailable() -> None:
+    async with FakeOllama(silent=True) as server:
+        error = await _chat_error(server, limit=0.5)
+        assert isinstance(error, Unavailable)
+        assert "/api/chat: no valid answer" in error.message
+        await asyncio.wait_for(server.disconnected.wait(), 5.0)
+
+
+def test_a_url_that_is_not_http_is_refused_when_configured() -> None:
+    with pytest.raises(BadRequest, match=r"unsupported URL 'ftp://x': expected http://host:port"):
+        OllamaBackend("m", {"url": "ftp://x"})

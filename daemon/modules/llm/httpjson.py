@@ -1,8 +1,13 @@
-"""A small HTTP/1.1 client on asyncio streams for JSON APIs that stream NDJSON (Ollama's).
+"""JSON over HTTP for APIs that stream NDJSON (Ollama's), on ``httpx``, with failures as bus errors.
 
-Why not urllib or an HTTP library: urllib blocks (an executor thread per stream, and cancelling one means
-leaving a thread reading), and the project takes on no new heavy dependency for two endpoints. Closing the
-connection is how a streaming generation is cancelled, so owning the socket is the point.
+What this adds to httpx: the answer read as JSON objects one line at a time with a bound on a line's length,
+and every way a call fails (no connection, no answer in time, an HTTP error status, a connection that breaks
+mid-stream, a line that is not JSON or carries ``error``) turned into the bus error a client should get. Each
+stream has its own connection: closing it (leaving the ``async with``, or cancelling the task inside it) is how
+a streaming generation is cancelled, because the server stops generating when the connection drops.
+
+Timeouts: connecting and the response's head are bounded by ``timeout``; the body is not, as a generation may
+pause longer than that between tokens, and cancelling is how a caller stops it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import httpx
+
 from bus.errors import BadRequest, BusError, InternalError, NotFound, Unavailable
 
 MAX_LINE: Final = 4 * 1024 * 1024
@@ -22,16 +29,16 @@ MAX_LINE: Final = 4 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    host: str
-    port: int
-    base_path: str
+    """A server's base URL, checked when a module is configured rather than at the first request."""
+
+    url: str
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadRequest(f"unsupported URL {url!r}: expected http://host:port")
-        return cls(parts.hostname, parts.port or 80, parts.path.rstrip("/"))
+        return cls(url.rstrip("/"))
 
 
 def _http_error(status: int, payload: bytes, what: str) -> BusError:
@@ -47,96 +54,64 @@ def _http_error(status: int, payload: bytes, what: str) -> BusError:
 
 
 class JsonStream:
-    """One request whose response body is read as JSON lines; ``close()`` drops the connection."""
+    """One request whose response body is read as JSON lines; leaving the ``async with`` drops the connection."""
 
     def __init__(self, endpoint: Endpoint, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> None:
-        self.endpoint = endpoint
         self.method = method
-        self.path = endpoint.base_path + path
+        self.path = path
+        self.url = endpoint.url + path
         self.body = body
         self.timeout = timeout
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self.what = f"{method} {self.url}"
+        self._stack = contextlib.AsyncExitStack()
+        self._response: httpx.Response | None = None
 
     async def __aenter__(self) -> JsonStream:
-        ep = self.endpoint
-        what = f"{self.method} http://{ep.host}:{ep.port}{self.path}"
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(ep.host, ep.port, limit=MAX_LINE), self.timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"cannot reach {what}: {exc or type(exc).__name__}") from exc
-        self._reader, self._writer = reader, writer
-        payload = b"" if self.body is None else json.dumps(self.body).encode()
-        head = (
-            f"{self.method} {self.path} HTTP/1.1\r\nHost: {ep.host}:{ep.port}\r\nAccept: application/x-ndjson\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        # trust_env=False: a proxy configured for the user's web traffic must not sit between us and a local server.
+        client = await self._stack.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, read=None), trust_env=False)
         )
-        writer.write(head.encode("latin-1") + payload)
+        request = client.build_request(
+            self.method, self.url, json=self.body, headers={"Accept": "application/x-ndjson"}
+        )
         try:
-            await writer.drain()
-            status, headers = await asyncio.wait_for(self._read_head(), self.timeout)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            await self.close()
-            raise Unavailable(f"{what}: no valid answer ({exc or type(exc).__name__})") from exc
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        self._length = int(headers["content-length"]) if "content-length" in headers else None
-        if status != 200:
-            data = b"".join([part async for part in self._body_parts()])
-            await self.close()
-            raise _http_error(status, data, what)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    response = await client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise Unavailable(f"cannot reach {self.what}: {exc or type(exc).__name__}") from exc
+            except (httpx.TransportError, TimeoutError) as exc:
+                raise Unavailable(f"{self.what}: no valid answer ({exc or type(exc).__name__})") from exc
+            self._stack.push_async_callback(response.aclose)
+            if response.status_code != 200:
+                data = await self._read_error_body(response)
+                raise _http_error(response.status_code, data, self.what)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._response = response
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        self._response = None
+        await self._stack.aclose()
 
-    async def _read_head(self) -> tuple[int, dict[str, str]]:
-        assert self._reader is not None
-        status_line = (await self._reader.readuntil(b"\r\n")).decode("latin-1")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise OSError(f"bad status line {status_line!r:.80}")
-        headers: dict[str, str] = {}
-        while True:
-            line = (await self._reader.readuntil(b"\r\n")).decode("latin-1")
-            if line == "\r\n":
-                return int(parts[1]), headers
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-
-    async def _body_parts(self) -> AsyncIterator[bytes]:
-        """The raw body in pieces, whatever the framing (chunked, length, or until EOF)."""
-        reader = self._reader
-        assert reader is not None
-        if self._chunked:
-            while True:
-                size_line = await reader.readuntil(b"\r\n")
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    return
-                data = await reader.readexactly(size)
-                await reader.readexactly(2)
-                yield data
-        elif self._length is not None:
-            if self._length:
-                yield await reader.readexactly(self._length)
-        else:
-            while data := await reader.read(65536):
-                yield data
+    async def _read_error_body(self, response: httpx.Response) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await response.aread()
+        except (httpx.TransportError, TimeoutError):
+            return b""
 
     async def lines(self) -> AsyncIterator[dict[str, Any]]:
         """Each JSON object of the body, as soon as its line is complete."""
+        assert self._response is not None, "lines() is read inside `async with JsonStream(...)`"
         buf = b""
         try:
-            async for part in self._body_parts():
+            async for part in self._response.aiter_bytes():
                 buf += part
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
@@ -144,8 +119,8 @@ class JsonStream:
                         yield self._decode(line)
                 if len(buf) > MAX_LINE:
                     raise InternalError(f"a response line exceeds {MAX_LINE} bytes")
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise Unavailable(f"{self.method} {self.path}: connection broke mid-response ({exc})") from exc
+        except httpx.TransportError as exc:
+            raise Unavailable(f"{self.what}: connection broke mid-response ({exc or type(exc).__name__})") from exc
         if buf.strip():
             yield self._decode(buf)
 

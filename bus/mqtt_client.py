@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from bus.envelope import new_id
 from bus.errors import BusError, InternalError, Timeout
 from bus.mqtt_link import MqttLink, MqttSettings, publish_properties, reply_address
-from bus.mqtt_topics import dumps, level, node_base, request_topic
+from bus.mqtt_topics import dumps, level, node_base, request_topic, response_topic
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -41,7 +41,7 @@ class MqttCaller:
     ) -> None:
         self.node_id = node_id
         settings.client_id = settings.client_id or f"enigma-client-{new_id()[:12]}"
-        self.reply_topic = f"{node_base(node_id)}/rpc/response/{level(settings.client_id)}"
+        self.reply_topic = response_topic(node_id, settings.client_id)
         self.t_request = request_topic(node_id) + (f"/{level(as_user)}" if as_user else "")
         self._event_base = f"{node_base(node_id)}/event/"
         subs = [(self.reply_topic, 1)] + [(self._event_filter(p), 1) for p in event_prefixes]

@@ -14,7 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.mqtt_topics import HA_ROOT, dumps, event_topic, level, robot_topic, status_topic
+from bus.mqtt_topics import (
+    HA_ROOT,
+    ROBOT_CMD,
+    ROBOT_ESTOP,
+    ROBOT_STATE,
+    ROBOT_STATUS,
+    ROBOT_TELEMETRY,
+    dumps,
+    event_topic,
+    level,
+    robot_topic,
+    status_topic,
+)
 
 LAST_ANSWER_TEMPLATE = "{{ value_json.body.text[:250] if value_json.body.role == 'assistant' else this.state }}"
 
@@ -71,9 +83,9 @@ def robot_discovery(robot_id: str) -> list[tuple[str, bytes]]:
     """(topic, retained payload) pairs that describe robot ``robot_id`` to Home Assistant."""
     oid = f"enigma_robot_{level(robot_id)}"
     device = {"identifiers": [oid], "name": f"Robot {robot_id}", "manufacturer": "Enigma", "model": "enigma robot"}
-    availability = [{"topic": robot_topic(robot_id, "status"), "value_template": "{{ value_json.state }}"}]
+    availability = [{"topic": robot_topic(robot_id, ROBOT_STATUS), "value_template": "{{ value_json.state }}"}]
     common = {"device": device, "availability": availability}
-    cmd = robot_topic(robot_id, "cmd")
+    cmd = robot_topic(robot_id, ROBOT_CMD)
 
     def button(entity: str, name: str, topic: str, payload: str, icon: str) -> tuple[str, bytes]:
         return _config(
@@ -91,7 +103,7 @@ def robot_discovery(robot_id: str) -> list[tuple[str, bytes]]:
         )
 
     return [
-        _connectivity(oid, robot_topic(robot_id, "status"), device),
+        _connectivity(oid, robot_topic(robot_id, ROBOT_STATUS), device),
         _config(
             "sensor",
             oid,
@@ -99,7 +111,7 @@ def robot_discovery(robot_id: str) -> list[tuple[str, bytes]]:
             {
                 "name": "Motion",
                 "unique_id": f"{oid}_state",
-                "state_topic": robot_topic(robot_id, "state"),
+                "state_topic": robot_topic(robot_id, ROBOT_STATE),
                 "value_template": "{{ value_json.state }}",
                 "icon": "mdi:robot-mower",
                 **common,
@@ -112,7 +124,7 @@ def robot_discovery(robot_id: str) -> list[tuple[str, bytes]]:
             {
                 "name": "Battery",
                 "unique_id": f"{oid}_battery",
-                "state_topic": robot_topic(robot_id, "telemetry"),
+                "state_topic": robot_topic(robot_id, ROBOT_TELEMETRY),
                 "value_template": "{{ (value_json.battery * 100) | round(0) }}",
                 "unit_of_measurement": "%",
                 "device_class": "battery",
@@ -123,7 +135,11 @@ def robot_discovery(robot_id: str) -> list[tuple[str, bytes]]:
         button("stop", "Stop", cmd, '{"action": "stop"}', "mdi:stop"),
         button("home", "Home", cmd, '{"action": "home"}', "mdi:home"),
         button(
-            "estop", "Emergency stop", robot_topic(robot_id, "estop"), '{"by": "home-assistant"}', "mdi:alert-octagon"
+            "estop",
+            "Emergency stop",
+            robot_topic(robot_id, ROBOT_ESTOP),
+            '{"by": "home-assistant"}',
+            "mdi:alert-octagon",
         ),
     ]
 

@@ -15,6 +15,14 @@ ROOT: Final = "enigma"
 ROBOT_ROOT: Final = "enigma/robot"
 ALL_ROBOTS: Final = "all"
 HA_ROOT: Final = "homeassistant"
+# The levels under a robot's ``enigma/robot/<id>/``: commands in, e-stop in (also under ``all``), command
+# replies out, its announced state (retained), online/offline (retained, the last will) and telemetry.
+ROBOT_CMD: Final = "cmd"
+ROBOT_ESTOP: Final = "estop"
+ROBOT_REPLY: Final = "reply"
+ROBOT_STATE: Final = "state"
+ROBOT_STATUS: Final = "status"
+ROBOT_TELEMETRY: Final = "telemetry"
 
 
 def level(name: str) -> str:
@@ -33,6 +41,11 @@ def status_topic(node_id: str) -> str:
 
 def request_topic(node_id: str) -> str:
     return f"{node_base(node_id)}/rpc/request"
+
+
+def response_topic(node_id: str, name: str) -> str:
+    """Where ``name``'s answers to its MQTT 5 requests come back (their response topic)."""
+    return f"{node_base(node_id)}/rpc/response/{level(name)}"
 
 
 def event_topic(node_id: str, topic: str) -> str:

@@ -24,7 +24,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bus.mqtt_link import MqttLink, MqttSettings, Will, publish_properties, reply_address
-from bus.mqtt_topics import ALL_ROBOTS, dumps, has_wildcard, robot_topic
+from bus.mqtt_topics import (
+    ALL_ROBOTS,
+    ROBOT_CMD,
+    ROBOT_ESTOP,
+    ROBOT_REPLY,
+    ROBOT_STATE,
+    ROBOT_STATUS,
+    ROBOT_TELEMETRY,
+    dumps,
+    has_wildcard,
+    robot_topic,
+)
 from clients.robot.commands import CommandError, Limits, parse_command
 from clients.robot.controller import Controller
 from clients.robot.drivers.base import Driver
@@ -56,13 +67,13 @@ class RobotNode:
         self.clock = clock
         self.autorun = autorun
         self.controller = Controller(driver, self.limits, clock())
-        self.t_cmd = robot_topic(robot_id, "cmd")
-        self.t_estop = robot_topic(robot_id, "estop")
-        self.t_all_estop = robot_topic(ALL_ROBOTS, "estop")
-        self.t_reply = robot_topic(robot_id, "reply")
-        self.t_state = robot_topic(robot_id, "state")
-        self.t_status = robot_topic(robot_id, "status")
-        self.t_telemetry = robot_topic(robot_id, "telemetry")
+        self.t_cmd = robot_topic(robot_id, ROBOT_CMD)
+        self.t_estop = robot_topic(robot_id, ROBOT_ESTOP)
+        self.t_all_estop = robot_topic(ALL_ROBOTS, ROBOT_ESTOP)
+        self.t_reply = robot_topic(robot_id, ROBOT_REPLY)
+        self.t_state = robot_topic(robot_id, ROBOT_STATE)
+        self.t_status = robot_topic(robot_id, ROBOT_STATUS)
+        self.t_telemetry = robot_topic(robot_id, ROBOT_TELEMETRY)
         settings.client_id = settings.client_id or f"enigma-robot-{robot_id}"
         settings.will = Will(self.t_status, dumps({"id": robot_id, "state": "offline"}), 1, True)
         settings.subscriptions = [(self.t_cmd, 1), (self.t_estop, 1), (self.t_all_estop, 1)]

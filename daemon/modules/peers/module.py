@@ -35,6 +35,7 @@ from daemon.modules.peers.link import PeerLink
 from daemon.modules.peers.mirror import Mirror
 from daemon.modules.peers.router import Router
 from daemon.modules.peers.store import PeerEntry, PeerStore
+from daemon.topics import SYS_STARTED
 
 PEERS_STATE = "peers.state"  # {"node_id", "state", "error"?}: a link went up or down
 PEERS_PAIRED = "peers.paired"  # {"node_id", "name", "fingerprint", "role"}
@@ -197,7 +198,7 @@ class PeersModule(Module):
         if self._endpoints():
             self._spawn(self._start_discovery())
         else:  # loaded at daemon start: our endpoints are known once the server is up
-            self.ctx.listen("sys.started", lambda _t, _b: self._spawn(self._start_discovery()))
+            self.ctx.listen(SYS_STARTED, lambda _t, _b: self._spawn(self._start_discovery()))
 
     async def unload(self) -> None:
         for undo in self._undo_fronts:

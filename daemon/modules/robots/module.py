@@ -20,11 +20,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from bus import mqtt_topics
 from bus.envelope import new_id
 from bus.errors import BadRequest, BusError, NotFound, Timeout, Unavailable
 from bus.mqtt_ha import robot_discovery
 from bus.mqtt_link import MqttLink, MqttSettings, publish_properties, reply_address
-from bus.mqtt_topics import ALL_ROBOTS, ROBOT_ROOT, dumps, node_base, robot_topic
+from bus.mqtt_topics import ALL_ROBOTS, ROBOT_ROOT, dumps, response_topic, robot_topic
 from bus.service import Call
 from daemon.module import Module
 
@@ -59,7 +60,7 @@ class RobotsModule(Module):
         self.robots: dict[str, dict[str, Any]] = {}
         self.link: MqttLink | None = None
         self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
-        self.reply_topic = f"{node_base(ctx.node_id)}/rpc/response/robots"
+        self.reply_topic = response_topic(ctx.node_id, "robots")
         self.ha_discovery = False
 
     def _settings(self) -> tuple[MqttSettings, float, float]:
@@ -82,9 +83,9 @@ class RobotsModule(Module):
             client_id=f"enigmad-{self.ctx.node_id}-robots",
             tls_insecure=bool(conf.get("tls_insecure", False)),
             subscriptions=[
-                (f"{ROBOT_ROOT}/+/status", 1),
-                (f"{ROBOT_ROOT}/+/state", 1),
-                (f"{ROBOT_ROOT}/+/telemetry", 0),
+                (f"{ROBOT_ROOT}/+/{mqtt_topics.ROBOT_STATUS}", 1),
+                (f"{ROBOT_ROOT}/+/{mqtt_topics.ROBOT_STATE}", 1),
+                (f"{ROBOT_ROOT}/+/{mqtt_topics.ROBOT_TELEMETRY}", 0),
                 (self.reply_topic, 1),
             ],
             **{k: conf[k] for k in _SETTINGS_KEYS if k in conf},
@@ -146,14 +147,14 @@ class RobotsModule(Module):
         if new and self.ha_discovery and self.link is not None:
             for topic_, payload in robot_discovery(robot_id):
                 self.link.publish_nowait(topic_, payload, 1, True)
-        if leaf == "telemetry":
+        if leaf == mqtt_topics.ROBOT_TELEMETRY:
             rec["telemetry"] = body
             self.ctx.publish(ROBOT_TELEMETRY, {**body, "id": robot_id})
             return
         before = (rec["online"], rec["state"])
-        if leaf == "status":
+        if leaf == mqtt_topics.ROBOT_STATUS:
             rec["online"] = body.get("state") == "online"
-        elif leaf == "state":
+        elif leaf == mqtt_topics.ROBOT_STATE:
             rec["announcement"] = body
             rec["state"] = str(body.get("state", "unknown"))
         if new or (rec["online"], rec["state"]) != before:
@@ -208,7 +209,7 @@ class RobotsModule(Module):
         robot_id, action = call.body["id"], call.body["action"]
         params = call.body.get("params", {})
         if action == "estop":
-            topic = robot_topic(robot_id, "estop")
+            topic = robot_topic(robot_id, mqtt_topics.ROBOT_ESTOP)
             if robot_id != ALL_ROBOTS:
                 self._robot(robot_id)
             await self.link.publish(topic, dumps({"by": call.caller.peer}), qos=1)
@@ -226,7 +227,11 @@ class RobotsModule(Module):
         timeout = float(call.body.get("timeout", self.command_timeout))
         try:
             await self.link.publish(
-                robot_topic(robot_id, "cmd"), dumps({"id": cid, "action": action, **params}), 1, False, props
+                robot_topic(robot_id, mqtt_topics.ROBOT_CMD),
+                dumps({"id": cid, "action": action, **params}),
+                1,
+                False,
+                props,
             )
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:

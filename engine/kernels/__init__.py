@@ -30,6 +30,7 @@ reason, where the CPU lacks it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -37,6 +38,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,15 +341,16 @@ def _load_set(name: str, build_root: Path | None) -> bool:
 
         build.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        cpp_extension.load(
-            name=f"enigma_kernels_{ks.namespace}",
-            sources=[str(HERE / s) for s in ks.sources],
-            extra_cflags=list(ks.cflags),
-            extra_ldflags=_LDFLAGS,
-            build_directory=str(build),
-            is_python_module=False,
-            verbose=False,
-        )
+        with _sole_builder(build):
+            cpp_extension.load(
+                name=f"enigma_kernels_{ks.namespace}",
+                sources=[str(HERE / s) for s in ks.sources],
+                extra_cflags=list(ks.cflags),
+                extra_ldflags=_LDFLAGS,
+                build_directory=str(build),
+                is_python_module=False,
+                verbose=False,
+            )
         _register_fakes(ks.namespace)
     except Exception as exc:  # a failed build leaves PyTorch's kernels in use; say why
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -360,6 +363,32 @@ def _load_set(name: str, build_root: Path | None) -> bool:
         set_amx(False)
     log.info("enigma %s kernels ready in %.1f s (%s)", name, time.perf_counter() - t0, build)
     return True
+
+
+@contextlib.contextmanager
+def _sole_builder(build: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the build directory while torch builds or loads a set in it.
+
+    torch's own build lock is a plain file (``lock``) that every later load waits on, forever, until it is
+    removed; a build killed midway (OOM, power loss, a timeout) leaves it behind and the daemon then never
+    starts. An ``flock`` dies with its holder, so whoever holds ours is the only builder and a ``lock`` file it
+    finds is stale. Other processes wait here for the build in progress, as they would on torch's file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's file lock alone
+        yield
+        return
+    with open(build / ".enigma-builder.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            stale = build / "lock"
+            if stale.exists():
+                log.warning("removing a stale build lock left by a build that was stopped: %s", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _register_fakes(ns: str) -> None:

@@ -374,6 +374,30 @@ def test_a_failed_build_leaves_torch_kernels_and_says_why(tmp_path: Path) -> Non
     assert [p.name for p in (tmp_path / "build").glob("torch-*/*")] == [name]
 
 
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_load(tmp_path: Path) -> None:
+    """torch waits forever on its ``lock`` file; one left by a build that was killed must be cleared."""
+    name = kernels.choose()
+    if name is None:
+        pytest.skip(kernels.reason())
+    tiny = tmp_path / "tiny.cpp"
+    tiny.write_text("int enigma_tiny() { return 1; }\n")  # a set of one trivial file: builds in seconds
+    code = (
+        "import dataclasses\n"
+        "from pathlib import Path\n"
+        "from engine import kernels\n"
+        "kernels._register_fakes = lambda ns: None\n"  # the trivial set defines no ops to give shapes to
+        f"kernels.SETS[{name!r}] = dataclasses.replace(kernels.SETS[{name!r}], sources=({str(tiny)!r},))\n"
+        f"print(kernels.load(build_root=Path({str(tmp_path / 'build')!r})), kernels.reason())\n"
+    )
+    assert _run(code).stdout.split() == ["True"]
+    (stale,) = (tmp_path / "build").glob(f"torch-*/{name}")
+    (stale / "lock").touch()  # what a build killed while holding torch's lock leaves
+    done = _run(code)
+    assert done.stdout.split() == ["True"], done.stderr
+    assert "removing a stale build lock left by a build that was stopped" in done.stderr
+    assert not (stale / "lock").exists()
+
+
 AVX512 = "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512_bf16"
 
 

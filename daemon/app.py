@@ -14,6 +14,10 @@ SIGHUP re-reads the config: log levels and additions to the autoload list apply 
 from the list keeps running until unloaded), the allow-list is re-read, ``[modules.<name>]`` tables apply
 the next time that module loads; endpoint, data-dir and security changes are logged as needing a restart.
 Clients stay connected throughout.
+
+Modules see the daemon only through typed services (``daemon.services``): the ``Store``, ``Node`` (identity
+and endpoints) and ``NodeKeys`` (the CURVE identity). The ``backup.*`` handlers see it only as a
+``LiveRestore``: ``restore()`` is the one operation that swaps the daemon's state while it runs.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ import signal
 import time
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-from bus.auth import AllowList, ServerAuth, generate_keypair, load_keypair, save_keypair
+from bus.auth import AllowList, KeyPair, ServerAuth, generate_keypair, load_keypair, save_keypair
+from bus.errors import Unavailable
+from daemon import backup
 from daemon import logging as dlog
 from daemon.config import Config, ConfigError, derive_node_id
 from daemon.handlers import Core, register_all
@@ -35,10 +42,13 @@ from daemon.hub import Hub
 from daemon.manager import DEFAULT_LOAD_WAIT, ModuleManager
 from daemon.module import ModuleContext
 from daemon.notify import Notifier
+from daemon.services import Node, NodeKeys, Restored, Services
 from daemon.store import Store
 from daemon.topics import MODULE_STATE, SYS_LOADED, SYS_RELOADED, SYS_STARTED, SYS_STOPPING
 
 log = logging.getLogger("enigma.daemon")
+
+RESTORE_DRAIN_TIMEOUT = 10.0  # seconds requests cancelled by a live restore get to finish (and store what they had)
 
 # Keys a running daemon cannot change without dropping its clients or its store.
 RESTART_KEYS = ("daemon.rpc", "daemon.events", "daemon.data_dir", "daemon.node_id", "daemon.heartbeat")
@@ -94,6 +104,8 @@ class Daemon:
         self._loading: asyncio.Task[None] | None = None  # the modules' background load (``_load_modules``)
         self._planned: list[str] = []
         self.notifier = Notifier()
+        self.services = Services()  # typed services every module's context shares
+        self._withdraw_store: Callable[[], None] = lambda: None
 
     # -- start --------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,6 +120,7 @@ class Daemon:
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.store = await Store.open(cfg.data_dir)
+            self._withdraw_store = self.services.provide(Store, self.store)
             node_id = await self._node_id()
             if cfg.security.curve:  # before the modules: a bad key file should fail fast, not after a model load
                 self.auth = server_auth(cfg)
@@ -117,7 +130,10 @@ class Daemon:
                 self.hub, self.store, self.registry, self._context_for, load_wait=lambda n: load_wait(self.config, n)
             )
             self.core = Core(self.hub, self.manager, node_id, self.boot_id, version(), cfg.data_dir)
-            self.core.daemon = self
+            self.core.live = self
+            node = _NodeView(self)
+            self.services.provide(Node, node)
+            self.services.provide(NodeKeys, node)
             register_all(self.hub, self.core)
             # Planned, not loaded: from here a call to a planned module's method waits for it instead of
             # failing, so the server may answer before the modules are up.
@@ -237,7 +253,8 @@ class Daemon:
             data_dir=self.config.data_dir,
             node_id=self.core.node_id,
             log=logging.getLogger(f"enigma.module.{name}"),
-            services={"store": self.store, "manager": self.manager, "core": self.core},
+            services=self.services,
+            origin=self.config.source,
         )
 
     # -- run ----------------------------------------------------------------------------------------------
@@ -322,8 +339,79 @@ class Daemon:
                 log.exception("unloading modules failed")
             self.manager = None
         if self.store is not None:
+            self._withdraw_store()
             await self.store.close()
             self.store = None
+
+    # -- live restore (daemon.services.LiveRestore, for the backup.* handlers) -------------------------------
+    def store_path(self) -> Path:
+        if self.store is None or self.manager is None:
+            raise Unavailable("the daemon is starting or stopping; try again in a moment")
+        return self.store.path
+
+    def state_paths(self) -> dict[str, Path]:
+        return backup.state_paths(self.config)
+
+    @property
+    def backup_max_bytes(self) -> int:
+        return int(self.config.daemon.backup_max_bytes)
+
+    async def restore(self, restorable: backup.Restorable, *, keep: asyncio.Task[Any] | None) -> Restored:
+        """Replace the daemon's state with ``restorable`` while it runs (``daemon.handlers.backup`` documents
+        the steps); the clients stay connected, requests in flight but ``keep`` end ``cancelled``."""
+        db_path = self.store_path()
+        assert self.manager is not None
+        assert self.store is not None
+        if self.server is not None:
+            pending = self.server.cancel_inflight("the daemon is restoring a backup", keep=keep)
+            if pending:
+                await asyncio.wait(pending, timeout=RESTORE_DRAIN_TIMEOUT)
+        log.warning("restoring a backup: unloading modules and closing the store")
+        self.notifier.status("restoring a backup")
+        await self.manager.shutdown()
+        self._withdraw_store()
+        await self.store.close()
+        self.store = None
+        try:
+            kept = await asyncio.to_thread(backup.swap_db_files, db_path, restorable.db)
+        except BaseException:
+            log.exception("the restored database could not be moved in; reopening the previous one")
+            await self._reopen(db_path)
+            raise
+        try:
+            store = await Store.open(db_path)
+        except BaseException:
+            log.exception("the restored database could not be opened; putting the previous one back")
+            await asyncio.to_thread(backup.undo_swap, db_path, kept)
+            await self._reopen(db_path)
+            raise
+        changed = await asyncio.to_thread(backup.install_state_files, restorable, self.state_paths())
+        self._use_store(store)
+        await self.manager.restore(self.config.autoload_for(self.registry))
+        if self.auth is not None and backup.ALLOW_MEMBER in changed:
+            try:
+                self.auth.allow.load()
+            except Exception as exc:
+                log.error("the restored allow-list cannot be read, keeping the old one: %s", exc)
+        node_in_db = await store.get_kv("node_id")
+        node_id = self.core.node_id if self.core is not None else ""
+        restart = backup.KEY_MEMBER in changed or (
+            not self.config.daemon.node_id and node_in_db is not None and node_in_db != node_id
+        )
+        active = [m["name"] for m in self.manager.states() if m["state"] == "active"]
+        self.notifier.status("restored a backup; serving")
+        return Restored(modules=active, state_files=changed, before_restore=kept, restart_needed=restart)
+
+    async def _reopen(self, db_path: Path) -> None:
+        self._use_store(await Store.open(db_path))
+        assert self.manager is not None
+        await self.manager.restore(self.config.autoload_for(self.registry))
+
+    def _use_store(self, store: Store) -> None:
+        self.store = store
+        self._withdraw_store = self.services.provide(Store, store)
+        assert self.manager is not None
+        self.manager.use_store(store)
 
     # -- SIGHUP -------------------------------------------------------------------------------------------
     async def reload(self) -> list[str]:
@@ -377,6 +465,35 @@ class Daemon:
             self.hub.publish(SYS_RELOADED, {"changed": changed})
         log.info("config reloaded", extra={"kv": {"changed": ",".join(changed) or "-"}})
         return changed
+
+
+class _NodeView:
+    """This daemon as its modules may see it (``daemon.services.Node`` and ``NodeKeys``), nothing more."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    @property
+    def node_id(self) -> str:
+        core = self._daemon.core
+        return core.node_id if core is not None else ""
+
+    @property
+    def boot_id(self) -> str:
+        return self._daemon.boot_id
+
+    @property
+    def version(self) -> str:
+        return version()
+
+    def endpoints(self) -> dict[str, str]:
+        server = self._daemon.server
+        return dict(server.endpoints) if server is not None else {}
+
+    def curve(self) -> tuple[KeyPair, AllowList]:
+        d = self._daemon
+        auth = d.auth if d.auth is not None else server_auth(d.config)
+        return auth.keypair, auth.allow
 
 
 def load_wait(config: Config, name: str) -> float:

@@ -116,6 +116,17 @@ class Config:
     def origin(self, key: str) -> str:
         return self.origins.get(key, "(default)")
 
+    def source(self, key: str) -> str:
+        """Where ``key`` was set, or the table holding it (a TOML table given whole), or ``""`` for a default:
+        ``source("modules.llm.sampling.top_k")`` → ``"in /etc/enigma/enigmad.toml"``."""
+        parts = key.replace("[", ".[").split(".")
+        while parts:
+            found = self.origins.get(".".join(parts).replace(".[", "["))
+            if found is not None:
+                return found
+            parts.pop()
+        return ""
+
     def check_modules(self, known: set[str] | dict[str, Any]) -> None:
         """Refuse autoload entries that name no known module (called once the registry is at hand).
 

@@ -4,8 +4,10 @@ UNLOADED → LOADING → LOADED → ACTIVE → UNLOADING → UNLOADED; a failure
 error (and the module's partial registrations undone). LOADED means ``load()`` returned; the manager then
 checks that every method the module declared in ``provides`` is really registered before calling it ACTIVE.
 
-Before loading, the manager refuses what would break the daemon: an unknown name (``not_found``), a declared
-conflict or a second module for the same ``slot`` (``conflict``, naming the loaded module in the way), a
+Before loading, the manager checks the module's ``[modules.<name>]`` table against its ``config_schema`` (a
+bad value fails the module with the key and where it was set, ``daemon.settings``) and refuses what would break
+the daemon: an unknown name (``not_found``), a service it requires that nothing offers (``unavailable``), a
+declared conflict or a second module for the same ``slot`` (``conflict``, naming the loaded module in the way), a
 missing dependency (``not_found``; a known one is loaded first), more memory than the machine has available
 (``unavailable``, with both figures). Unloading a module others depend on is a ``conflict`` naming them.
 
@@ -35,6 +37,7 @@ from typing import Any
 from bus.errors import BusError, Conflict, NotFound, Timeout, Unavailable
 from daemon.hub import Hub
 from daemon.module import Module, ModuleContext, ModuleState
+from daemon.settings import SettingsError
 from daemon.store import Store
 from daemon.topics import MODULE_STATE
 
@@ -197,7 +200,10 @@ class ModuleManager:
         if cls is None:
             return None
         try:
-            return self._safe_estimate(cls(self._ctx_factory(e.name)))
+            ctx = self._ctx_factory(e.name)
+            with contextlib.suppress(SettingsError):  # a bad table is reported when the module loads
+                ctx.config = cls.check_config(ctx.config)
+            return self._safe_estimate(cls(ctx))
         except Exception:
             log.exception("constructing module %s for its estimate failed", e.name)
             return None
@@ -245,6 +251,18 @@ class ModuleManager:
             # Checked again: the awaits above may have let a conflicting module in.
             self._check_conflicts(e, cls)
             ctx = self._ctx_factory(name)
+            missing = ctx.services.missing(cls.requires)
+            if missing:
+                raise Unavailable(
+                    f"module {name!r} needs the {', '.join(missing)} service, which nothing offers",
+                    {"missing": missing},
+                )
+            try:
+                ctx.config = cls.check_config(ctx.config, ctx.origin)
+            except SettingsError as exc:
+                log.error("module %s not loaded: %s", name, exc.message)
+                await self._fail(e, exc.message)
+                raise Unavailable(f"module {name!r} failed to load: {exc.message}", {"cause": "bad_request"}) from exc
             try:
                 module = cls(ctx)
             except Exception as exc:

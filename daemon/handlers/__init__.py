@@ -2,7 +2,9 @@
 
 Each area module has a ``register(hub, core)`` that registers its handlers with their access role and a JSON
 schema for the body (so a wrong type is a ``bad_request`` naming the field before the handler runs) and
-returns the unregister functions. ``Core`` is what the handlers may read about the running daemon.
+returns the unregister functions. ``Core`` is what the handlers may read about the running daemon; the only
+thing they may *do* to it is ``Core.live.restore`` (``daemon.services.LiveRestore``). Handlers never import
+``daemon.app`` (``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from daemon.hub import Hub
 from daemon.manager import ModuleManager
+from daemon.services import LiveRestore
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Core:
     # "starting" (store and hub coming up) → "loading" (serving; modules still loading in the background) →
     # "ready" (every module a start loads is active or failed). Set by daemon.app.
     phase: str = "starting"
-    daemon: Any = None  # daemon.app.Daemon: backup.restore swaps its store live (daemon.handlers.backup)
+    live: LiveRestore | None = None  # set by daemon.app once the store is open: what backup.* copies and swaps
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_mono

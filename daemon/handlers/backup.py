@@ -5,7 +5,8 @@
 user is, also for a daemon on another host. Restoring is two steps, because a request is bounded in size:
 ``backup.upload {upload_id, seq, data}`` stages the parts (in order, from seq 0) in the data dir, bounded in
 total by ``daemon.backup_max_bytes``; ``backup.restore {upload_id}`` validates the staged archive completely
-and only then swaps the store live:
+and only then asks the daemon to swap its state live (``daemon.services.LiveRestore.restore``, the one
+operation these handlers may perform on the daemon):
 
 1. every other request in flight is ended with ``cancelled`` (a streaming chat reply keeps what it had, marked
    incomplete) — requests that arrive during the swap may fail with ``unknown_method`` or ``internal``;
@@ -37,7 +38,7 @@ from daemon import backup
 from daemon.handlers import Core
 from daemon.hub import Hub
 from daemon.manager import human_bytes
-from daemon.store import Store
+from daemon.services import LiveRestore
 from daemon.topics import SYS_RESTORED
 
 log = logging.getLogger("enigma.backup")
@@ -45,7 +46,6 @@ log = logging.getLogger("enigma.backup")
 STAGING: Final = "restore-staging"
 WORK: Final = "backup-work"
 UPLOAD_IDLE: Final = 3600.0  # seconds after which a half-finished upload is discarded
-DRAIN_TIMEOUT: Final = 10.0  # seconds cancelled requests get to finish (and store what they had)
 _UPLOAD_ID: Final = r"^[A-Za-z0-9_-]{1,64}$"
 
 CREATE_SCHEMA: Final = {"type": "object"}
@@ -73,7 +73,7 @@ class _Upload:
 
 
 class BackupService:
-    """The handlers, with the staged uploads. ``core.daemon`` is the running ``daemon.app.Daemon``."""
+    """The handlers, with the staged uploads. ``core.live`` is the running daemon, as a ``LiveRestore``."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -82,23 +82,22 @@ class BackupService:
         self._staging_cleared = False
 
     @property
-    def daemon(self) -> Any:
-        d = self.core.daemon
-        if d is None or d.store is None or d.manager is None:
+    def live(self) -> LiveRestore:
+        if self.core.live is None:
             raise Unavailable("the daemon is starting or stopping; try again in a moment")
-        return d
+        return self.core.live
 
     # -- backup.create --------------------------------------------------------------------------------------
     async def create(self, call: Call) -> dict[str, Any]:
         """Stream a backup archive of the live daemon as chunks ``{"data": bytes}`` (≤ 1 MiB); ends with
         ``{"manifest", "size", "sha256"}``. The daemon keeps serving while the database is copied."""
-        d = self.daemon
+        live = self.live
         work = self.core.data_dir / WORK / os.urandom(6).hex()
         try:
             archive, manifest = await asyncio.to_thread(
                 backup.create_archive,
-                d.store.path,
-                backup.state_paths(d.config),
+                live.store_path(),
+                live.state_paths(),
                 work,
                 node_id=self.core.node_id,
                 version=self.core.version,
@@ -155,7 +154,7 @@ class BackupService:
         return {"upload_id": upload_id, "received": up.size}
 
     def _limit(self) -> int:
-        return int(self.daemon.config.daemon.backup_max_bytes)
+        return self.live.backup_max_bytes
 
     @property
     def _staging(self) -> Path:
@@ -209,64 +208,17 @@ class BackupService:
             await asyncio.to_thread(up.path.unlink, True)
 
     async def _swap(self, restorable: backup.Restorable, request: asyncio.Task[Any] | None) -> dict[str, Any]:
-        d = self.daemon
-        if d.server is not None:
-            pending = d.server.cancel_inflight("the daemon is restoring a backup", keep=request)
-            if pending:
-                await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
-        log.warning("restoring a backup: unloading modules and closing the store")
-        d.notifier.status("restoring a backup")
-        await d.manager.shutdown()
-        db_path: Path = d.store.path
-        await d.store.close()
-        d.store = None
-        try:
-            kept = await asyncio.to_thread(backup.swap_db_files, db_path, restorable.db)
-        except BaseException:
-            log.exception("the restored database could not be moved in; reopening the previous one")
-            await self._reopen(d, db_path)
-            raise
-        try:
-            store = await Store.open(db_path)
-        except BaseException:
-            log.exception("the restored database could not be opened; putting the previous one back")
-            await asyncio.to_thread(backup.undo_swap, db_path, kept)
-            await self._reopen(d, db_path)
-            raise
-        changed = await asyncio.to_thread(backup.install_state_files, restorable, backup.state_paths(d.config))
-        self._use(d, store)
-        await d.manager.restore(d.config.autoload_for(d.registry))
-        if d.auth is not None and backup.ALLOW_MEMBER in changed:
-            try:
-                d.auth.allow.load()
-            except Exception as exc:
-                log.error("the restored allow-list cannot be read, keeping the old one: %s", exc)
-        node_in_db = await store.get_kv("node_id")
-        restart = backup.KEY_MEMBER in changed or (
-            not d.config.daemon.node_id and node_in_db is not None and node_in_db != self.core.node_id
-        )
-        active = [m["name"] for m in d.manager.states() if m["state"] == "active"]
+        done = await self.live.restore(restorable, keep=request)
         info = restorable.summary()
-        d.hub.publish(SYS_RESTORED, {"node_id": self.core.node_id, "backup": info, "modules": active})
-        d.notifier.status("restored a backup; serving")
-        log.warning("backup restored", extra={"kv": {"from_node": info["node_id"], "modules": ",".join(active)}})
+        self.core.hub.publish(SYS_RESTORED, {"node_id": self.core.node_id, "backup": info, "modules": done.modules})
+        log.warning("backup restored", extra={"kv": {"from_node": info["node_id"], "modules": ",".join(done.modules)}})
         return {
             "restored": info,
-            "modules": active,
-            "state_files": changed,
-            "before_restore": str(kept) if kept else None,
-            "restart_needed": restart,
+            "modules": done.modules,
+            "state_files": done.state_files,
+            "before_restore": str(done.before_restore) if done.before_restore else None,
+            "restart_needed": done.restart_needed,
         }
-
-    async def _reopen(self, d: Any, db_path: Path) -> None:
-        store = await Store.open(db_path)
-        self._use(d, store)
-        await d.manager.restore(d.config.autoload_for(d.registry))
-
-    @staticmethod
-    def _use(d: Any, store: Store) -> None:
-        d.store = store
-        d.manager.use_store(store)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -61,7 +61,8 @@ def test_robot_device_has_buttons_wired_to_its_topics() -> None:
 
 
 async def test_robots_module_publishes_discovery_for_each_robot_seen(broker: Mosquitto, tmp_path: Path) -> None:
-    ctx = ModuleContext(Hub(), {"broker": broker.url, "ha_discovery": True}, tmp_path, "n1", logging.getLogger("t"))
+    config = RobotsModule.check_config({"broker": broker.url, "ha_discovery": True})
+    ctx = ModuleContext(Hub(), config, tmp_path, "n1", logging.getLogger("t"))
     module = RobotsModule(ctx)
     await module.load()
     node = RobotNode("r9", SimDriver(), MqttSettings(url=broker.url), rate=0, autorun=False)

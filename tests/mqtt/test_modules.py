@@ -16,7 +16,7 @@ from bus.service import Call, Caller
 from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
 from daemon.hub import Hub
-from daemon.module import ModuleContext
+from daemon.module import Module, ModuleContext
 from daemon.modules.mqtt.module import MqttModule
 from daemon.modules.robots.module import RobotsModule
 from tests.mqtt.broker import Mosquitto, free_port
@@ -25,8 +25,9 @@ from tests.mqtt.helpers import collector
 ADMIN = Caller("local", "test", "admin")
 
 
-def ctx(hub: Hub, config: dict[str, Any], tmp_path: Path) -> ModuleContext:
-    return ModuleContext(hub, config, tmp_path, "n1", logging.getLogger("test"))
+def ctx(hub: Hub, config: dict[str, Any], tmp_path: Path, module: type[Module] = MqttModule) -> ModuleContext:
+    """The context the manager would give ``module``: its table checked and completed by its schema."""
+    return ModuleContext(hub, module.check_config(config), tmp_path, "n1", logging.getLogger("test"))
 
 
 async def rpc(hub: Hub, method: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -60,9 +61,8 @@ async def test_mqtt_module_fails_to_load_when_no_broker_answers(tmp_path: Path) 
 
 
 async def test_mqtt_module_refuses_a_bad_setting_by_name(tmp_path: Path) -> None:
-    module = MqttModule(ctx(Hub(), {"qos_rpc": 5}, tmp_path))
-    with pytest.raises(BadRequest, match=r"modules\.mqtt\.qos_rpc must be 0, 1 or 2, got 5"):
-        await module.load()
+    with pytest.raises(BadRequest, match=r"^modules\.mqtt\.qos_rpc must be 0, 1 or 2, got 5$"):
+        ctx(Hub(), {"qos_rpc": 5}, tmp_path)
 
 
 async def test_mqtt_module_reports_broker_and_stats(broker: Mosquitto, tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ async def test_mqtt_module_reports_broker_and_stats(broker: Mosquitto, tmp_path:
 @pytest.fixture
 async def robots(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[tuple[Hub, RobotsModule]]:
     hub = Hub()
-    module = RobotsModule(ctx(hub, {"broker": broker.url, "command_timeout": 0.5}, tmp_path))
+    module = RobotsModule(ctx(hub, {"broker": broker.url, "command_timeout": 0.5}, tmp_path, RobotsModule))
     await module.load()
     try:
         yield hub, module

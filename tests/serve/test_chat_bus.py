@@ -4,6 +4,7 @@ fake Ollama server, so the serving path is tested end to end without loading a m
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -414,8 +415,10 @@ async def test_bad_module_config_fails_the_module_with_the_key(
         modules = {m["name"]: m for m in (await c.call("module.list", {}))["modules"]}
         assert (await c.call("sys.ping", {}))["pong"] is True
     assert modules["ollama"]["state"] == "failed"
-    assert modules["ollama"]["error"] == (
-        "ValueError: modules.ollama.sampling: temperature: -1 is less than the minimum of 0"
+    # The key, the rule, the value, and the file that set it.
+    assert re.fullmatch(
+        r"modules\.ollama\.sampling\.temperature must be at least 0, got -1 in /\S+/enigmad-\d+\.toml",
+        modules["ollama"]["error"],
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bus.errors import TooLarge
-from daemon.modules.chat.context import fit_context, reply_reserve
+from daemon.modules.llm.context import fit_context, reply_reserve
 
 
 def words(messages: list[dict[str, str]]) -> int:

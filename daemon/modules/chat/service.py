@@ -18,8 +18,9 @@ from bus.envelope import new_id
 from bus.errors import BadRequest, Unavailable, UnknownMethod
 from bus.service import Call
 from daemon.hub import Hub
+from daemon.module import method
 from daemon.modules.chat.store import ChatStore
-from daemon.modules.llm.options import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
+from daemon.sampling import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
 
 # Every stored (or finalised) message: the message map as ``session.history`` returns it.
 CHAT_MESSAGE: Final = "chat.message"
@@ -116,6 +117,7 @@ class ChatService:
         self.flush_seconds = flush_seconds
 
     # -- sessions ---------------------------------------------------------------------------------------------
+    @method("session.new", schema=SESSION_NEW_SCHEMA)
     async def session_new(self, call: Call) -> dict[str, Any]:
         """Start a conversation, optionally with a persona (its system prompt and sampling defaults)."""
         persona = call.body.get("persona")
@@ -123,22 +125,27 @@ class ChatService:
             await self.store.get_persona(persona)
         return await self.store.new_session(call.body.get("title", ""), persona)
 
+    @method("session.list", schema=SESSION_LIST_SCHEMA)
     async def session_list(self, call: Call) -> dict[str, Any]:
         """Sessions, most recently active first, with their message counts."""
         sessions = await self.store.list_sessions(call.body.get("limit", 100), call.body.get("offset", 0))
         return {"sessions": sessions}
 
+    @method("session.get", schema=SESSION_ID_SCHEMA)
     async def session_get(self, call: Call) -> dict[str, Any]:
         return await self.store.get_session(call.body["id"])
 
+    @method("session.rename", schema=SESSION_RENAME_SCHEMA)
     async def session_rename(self, call: Call) -> dict[str, Any]:
         return await self.store.rename_session(call.body["id"], call.body["title"])
 
+    @method("session.delete", schema=SESSION_ID_SCHEMA)
     async def session_delete(self, call: Call) -> dict[str, Any]:
         """Delete a session with all its messages."""
         removed = await self.store.delete_session(call.body["id"])
         return {"deleted": call.body["id"], "messages": removed}
 
+    @method("session.history", schema=SESSION_HISTORY_SCHEMA)
     async def session_history(self, call: Call) -> dict[str, Any]:
         """The session and its messages, oldest first (the last ``limit`` when given)."""
         session = await self.store.get_session(call.body["id"])
@@ -146,12 +153,15 @@ class ChatService:
         return {"session": session, "messages": messages}
 
     # -- personas ---------------------------------------------------------------------------------------------
+    @method("persona.list", schema=EMPTY_SCHEMA)
     async def persona_list(self, call: Call) -> dict[str, Any]:
         return {"personas": [p.to_dict() for p in await self.store.list_personas()]}
 
+    @method("persona.get", schema=PERSONA_NAME_SCHEMA)
     async def persona_get(self, call: Call) -> dict[str, Any]:
         return (await self.store.get_persona(call.body["name"])).to_dict()
 
+    @method("persona.set", schema=PERSONA_SET_SCHEMA)
     async def persona_set(self, call: Call) -> dict[str, Any]:
         """Create or replace a persona: a system prompt plus sampling defaults for its sessions."""
         b = call.body
@@ -160,11 +170,13 @@ class ChatService:
         )
         return persona.to_dict()
 
+    @method("persona.delete", schema=PERSONA_NAME_SCHEMA)
     async def persona_delete(self, call: Call) -> dict[str, Any]:
         await self.store.delete_persona(call.body["name"])
         return {"deleted": call.body["name"]}
 
     # -- chat -------------------------------------------------------------------------------------------------
+    @method("chat.send", stream=True, schema=SEND_SCHEMA)
     async def send(self, call: Call) -> dict[str, Any]:
         """Add the user's message to a session (a new one without ``session_id``) and stream the reply.
 
@@ -187,6 +199,7 @@ class ChatService:
         end = await self._reply(call, session)
         return {**end, "user_message_id": user["id"]}
 
+    @method("chat.regenerate", stream=True, schema=REGENERATE_SCHEMA)
     async def regenerate(self, call: Call) -> dict[str, Any]:
         """Replace the session's last reply with a new one to the same user message."""
         self._require_llm()

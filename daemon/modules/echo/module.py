@@ -11,7 +11,8 @@ import asyncio
 from typing import Any
 
 from bus.service import Call
-from daemon.module import Module
+from daemon.module import Module, method
+from daemon.settings import NO_SETTINGS
 
 SAY_SCHEMA = {
     "type": "object",
@@ -30,16 +31,17 @@ COUNT_SCHEMA = {
 class EchoModule(Module):
     name = "echo"
     description = "Echoes requests and streams counts: a probe for the bus, its latency and its streaming."
-    provides = ("echo.say", "echo.count")
+    config_schema = NO_SETTINGS
 
     async def load(self) -> None:
-        self.ctx.register("echo.say", self.say, access="device", schema=SAY_SCHEMA)
-        self.ctx.register("echo.count", self.count, stream=True, access="device", schema=COUNT_SCHEMA)
+        self.ctx.serve(self)
 
+    @method("echo.say", access="device", schema=SAY_SCHEMA)
     async def say(self, call: Call) -> dict[str, Any]:
         """Return the request body unchanged (``{"text": …}`` by convention), plus who called."""
         return {**call.body, "caller": call.caller.role}
 
+    @method("echo.count", stream=True, access="device", schema=COUNT_SCHEMA)
     async def count(self, call: Call) -> dict[str, Any]:
         """Stream ``{"i": 0..n-1}`` (``n`` default 10), ``delay`` seconds apart, each padded with ``pad`` bytes;
         ends with ``{"count": n}``. Cancelling stops it before the next chunk."""

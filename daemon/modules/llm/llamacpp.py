@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from bus.errors import BadRequest, TooLarge, Unavailable
 from daemon.modules.llm.base import Backend, Generation
 from daemon.modules.llm.native import resolve_model_path
-from daemon.modules.llm.options import SAMPLING_DEFAULTS
+from daemon.sampling import SAMPLING_DEFAULTS
 
 log = logging.getLogger("enigma.llm.llamacpp")
 

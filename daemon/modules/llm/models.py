@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from bus.errors import Conflict
 from bus.service import Call
+from daemon.module import method
 from daemon.modules.llm.base import Backend, as_bus_error
 from daemon.modules.llm.service import LLMService
 
@@ -52,6 +53,7 @@ class ModelService:
         path = getattr(self.llm.backend, "path", None)
         return Path(path) if path else None
 
+    @method("model.list", schema=LIST_SCHEMA)
     async def list(self, call: Call) -> dict[str, Any]:
         """Every model in the store (the packaged default first); ``loaded`` marks the one serving now."""
         loaded = self._loaded_path()
@@ -64,17 +66,20 @@ class ModelService:
 
         return {"models": await self._run(listing)}
 
+    @method("model.show", schema=NAME_SCHEMA)
     async def show(self, call: Call) -> dict[str, Any]:
         """Everything the model's metadata says (architecture, quantization, context, license …)."""
         info = await self._run(self._store().show, call.body["name"])
         info.pop("metadata", None)  # raw GGUF keys can be megabytes (vocabularies); show the summary
         return info
 
+    @method("model.add", access="admin", schema=ADD_SCHEMA)
     async def add(self, call: Call) -> dict[str, Any]:
         """Add a GGUF file or model directory to the store (checked before anything is copied)."""
         b = call.body
         return await self._run(self._store().add, b["path"], b.get("name"), copy=b.get("copy", False))
 
+    @method("model.remove", access="admin", schema=NAME_SCHEMA)
     async def remove(self, call: Call) -> dict[str, Any]:
         from engine.loader import DEFAULT_MODEL_NAME
 
@@ -91,6 +96,7 @@ class ModelService:
         await self._run(remove)
         return {"removed": name}
 
+    @method("model.load", access="admin", schema=NAME_SCHEMA)
     async def load(self, call: Call) -> dict[str, Any]:
         """Switch the LLM to another model; returns once it is loaded and serving."""
         name = call.body["name"]

@@ -3,10 +3,11 @@
 ``llm`` runs the native engine (the default model unless ``[modules.llm] model = …`` names another),
 ``ollama`` talks to a running Ollama server (``[modules.ollama] url``, ``model``), ``llamacpp`` runs a GGUF
 file through llama-cpp-python (the ``llamacpp`` extra). Each registers the same methods — ``llm.generate``,
-``llm.chat``, ``llm.stats`` — so chat and clients never care which one is loaded. Common options:
-``sampling`` (a table of default sampling values), ``max_pending`` (generations running or queued before
-new ones are refused with ``busy``) and ``preload`` (default true; false loads the model at the first
-request instead of when the module loads, so an autoloaded LLM costs nothing until it is used).
+``llm.chat``, ``llm.stats`` — so chat and clients never care which one is loaded. Their settings are the
+schemas of ``daemon.modules.llm.config``; the ones all share: ``sampling`` (a table of default sampling values),
+``max_pending`` (generations running or queued before new ones are refused with ``busy``) and ``preload``
+(default true; false loads the model at the first request instead of when the module loads, so an
+autoloaded LLM costs nothing until it is used).
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bus.service import Call
-from daemon.module import Module
+from daemon.module import Module, method
+from daemon.modules.llm import models
 from daemon.modules.llm import service as s
 from daemon.modules.llm.base import Backend
-from daemon.modules.llm.options import SAMPLING_SCHEMA
-
-PROVIDES = ("llm.generate", "llm.chat", "llm.stats")
+from daemon.modules.llm.config import LLAMACPP_SCHEMA, NATIVE_SCHEMA, OLLAMA_SCHEMA
 
 
 class LLMModule(Module):
     """Shared wiring; subclasses say which backend they build."""
 
     slot = "llm"
-    provides: ClassVar[tuple[str, ...]] = PROVIDES
+    handlers: ClassVar[tuple[type, ...]] = (s.LLMService,)
     backend_kind: ClassVar[str] = ""
     # Sampling under the config's ``sampling`` table and every request. Local backends get SmolLM2's model-card
     # values (temperature 0.2, top_p 0.9) plus a light repetition penalty, which small models need to avoid
@@ -43,37 +43,24 @@ class LLMModule(Module):
     def make_backend(self, model: str, options: dict[str, Any]) -> Backend:
         raise NotImplementedError
 
-    def _options(self) -> tuple[str, dict[str, Any], dict[str, Any], int]:
+    def _options(self) -> tuple[str, dict[str, Any]]:
+        """The model and the backend's own options (the checked table without the keys the module keeps)."""
         cfg = dict(self.ctx.config)
-        model = cfg.pop("model", "")
-        if not isinstance(model, str):
-            raise ValueError(f"modules.{self.name}.model must be a string, got {model!r}")
-        sampling = cfg.pop("sampling", {})
-        import jsonschema
-
-        try:
-            jsonschema.validate(sampling, SAMPLING_SCHEMA)
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "sampling"
-            raise ValueError(f"modules.{self.name}.sampling: {where}: {exc.message}") from None
-        max_pending = cfg.pop("max_pending", 256)
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"modules.{self.name}.max_pending must be a positive integer, got {max_pending!r}")
-        self.preload = cfg.pop("preload", True)
-        if not isinstance(self.preload, bool):
-            raise ValueError(f"modules.{self.name}.preload must be true or false, got {self.preload!r}")
-        return model, cfg, sampling, max_pending
+        model = cfg.pop("model")
+        for key in ("sampling", "max_pending", "preload"):
+            cfg.pop(key)
+        return model, cfg
 
     async def load(self) -> None:
-        model, options, sampling, max_pending = self._options()
+        model, options = self._options()
+        self.preload = self.ctx.config["preload"]
         backend = self.make_backend(model, options)
-        defaults = {**self.default_sampling, **sampling}
+        defaults = {**self.default_sampling, **self.ctx.config["sampling"]}
+        pending = self.ctx.config["max_pending"]
         svc = self.service = s.LLMService(
-            backend, self.ctx.publish, defaults=defaults, max_pending=max_pending, preload=self.preload
+            backend, self.ctx.publish, defaults=defaults, max_pending=pending, preload=self.preload
         )
-        self.ctx.register("llm.generate", svc.handle_generate, stream=True, schema=s.GENERATE_SCHEMA)
-        self.ctx.register("llm.chat", svc.handle_chat, stream=True, schema=s.CHAT_SCHEMA)
-        self.ctx.register("llm.stats", svc.handle_stats, access="device", schema=s.EMPTY_SCHEMA)
+        self.ctx.serve(svc)
         await svc.start()
 
     async def unload(self) -> None:
@@ -101,7 +88,8 @@ class NativeLLMModule(LLMModule):
     name = "llm"
     description = "Language model on the native PyTorch engine with continuous batching (default model built in)."
     backend_kind = "native"
-    provides = (*PROVIDES, "model.list", "model.show", "model.add", "model.remove", "model.load")
+    handlers = (s.LLMService, models.ModelService)
+    config_schema = NATIVE_SCHEMA
 
     def memory_estimate(self) -> int:
         """About 6x the packaged default GGUF (its 4-bit weights become float32), plus the KV cache; other
@@ -121,17 +109,12 @@ class NativeLLMModule(LLMModule):
         return NativeBackend(model, options, self.ctx.data_dir)
 
     async def load(self) -> None:
-        from daemon.modules.llm import models
-
-        _model, options, _, _ = self._options()
+        _model, options = self._options()
         await super().load()
         assert self.service is not None
-        m = models.ModelService(self.ctx.data_dir, self.service, lambda name: self.make_backend(name, options))
-        self.ctx.register("model.list", m.list, schema=models.LIST_SCHEMA)
-        self.ctx.register("model.show", m.show, schema=models.NAME_SCHEMA)
-        self.ctx.register("model.add", m.add, access="admin", schema=models.ADD_SCHEMA)
-        self.ctx.register("model.remove", m.remove, access="admin", schema=models.NAME_SCHEMA)
-        self.ctx.register("model.load", m.load, access="admin", schema=models.NAME_SCHEMA)
+        self.ctx.serve(
+            models.ModelService(self.ctx.data_dir, self.service, lambda name: self.make_backend(name, options))
+        )
 
 
 class OllamaLLMModule(LLMModule):
@@ -142,7 +125,7 @@ class OllamaLLMModule(LLMModule):
     description = "Language model served by a running Ollama server over its HTTP API."
     backend_kind = "ollama"
     default_sampling: ClassVar[dict[str, Any]] = {}
-    provides = (*PROVIDES, "model.list", "model.load")
+    config_schema = OLLAMA_SCHEMA
 
     def make_backend(self, model: str, options: dict[str, Any]) -> Backend:
         from daemon.modules.llm.ollama import OllamaBackend
@@ -152,12 +135,10 @@ class OllamaLLMModule(LLMModule):
         return OllamaBackend(model, options)
 
     async def load(self) -> None:
-        from daemon.modules.llm import models
-
         await super().load()
-        self.ctx.register("model.list", self.list_models, schema=models.LIST_SCHEMA)
-        self.ctx.register("model.load", self.load_model, access="admin", schema=models.NAME_SCHEMA)
+        self.ctx.serve(self)
 
+    @method("model.list", schema=models.LIST_SCHEMA)
     async def list_models(self, call: Call) -> dict[str, Any]:
         """The Ollama server's models (``/api/tags``); ``loaded`` marks the one serving."""
         from daemon.modules.llm.ollama import OllamaBackend, list_models
@@ -181,10 +162,11 @@ class OllamaLLMModule(LLMModule):
             ]
         }
 
+    @method("model.load", access="admin", schema=models.NAME_SCHEMA)
     async def load_model(self, call: Call) -> dict[str, Any]:
         """Switch to another of the server's models (checked with the server first)."""
         assert self.service is not None
-        _model, options, _, _ = self._options()
+        _model, options = self._options()
         name = call.body["name"]
         await self.service.switch(self.make_backend(name, options))
         return {"loaded": name, **self.service.backend.info()}
@@ -197,6 +179,7 @@ class LlamaCppLLMModule(LLMModule):
     name = "llamacpp"
     description = "Language model on llama.cpp (llama-cpp-python, the 'llamacpp' extra) for GGUF files."
     backend_kind = "llamacpp"
+    config_schema = LLAMACPP_SCHEMA
 
     def make_backend(self, model: str, options: dict[str, Any]) -> Backend:
         from daemon.modules.llm.llamacpp import LlamaCppBackend

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bus import paths
 from daemon.modules.llm.base import Backend, Generation, Item
+from daemon.modules.llm.config import QUANTIZE_MODES
 
 if TYPE_CHECKING:
     from engine.compile import BackgroundCompile
@@ -32,7 +33,6 @@ DEFAULT_MAX_BATCH = 8
 # (fp32) resident for a 135M model. 4096 (1.45 GB) is the default cap; context_length sets another.
 DEFAULT_CONTEXT = 4096
 # How the weights are prepared (``engine.quant.prepare_for_inference``'s mode; ``none``: as loaded).
-QUANTIZE_MODES = ("auto", "float", "int8", "int4", "none")
 
 
 def _quantize_key(options: dict[str, Any]) -> str:

@@ -18,9 +18,10 @@ from typing import Any, Final
 
 from bus.errors import BadRequest, BusError, Busy, Unavailable
 from bus.service import Call
-from daemon.modules.chat.context import fit_context, reply_reserve
+from daemon.module import method
 from daemon.modules.llm.base import Backend, Generation, as_bus_error
-from daemon.modules.llm.options import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, merge_sampling, pick_sampling
+from daemon.modules.llm.context import fit_context, reply_reserve
+from daemon.sampling import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, merge_sampling, pick_sampling
 
 log = logging.getLogger("enigma.llm")
 
@@ -177,11 +178,13 @@ class LLMService:
             self._set_state("busy" if self.inflight else "ready")
 
     # -- handlers ---------------------------------------------------------------------------------------------
+    @method("llm.generate", stream=True, schema=GENERATE_SCHEMA)
     async def handle_generate(self, call: Call) -> dict[str, Any]:
         """Stream a completion of a raw prompt (no chat template): chunks ``{"text"}``, end ``{"usage"}``."""
         sampling = self._sampling(call.body)
         return await self._stream(call, lambda: self.backend.generate(call.body["prompt"], sampling))
 
+    @method("llm.chat", stream=True, schema=CHAT_SCHEMA)
     async def handle_chat(self, call: Call) -> dict[str, Any]:
         """Stream the assistant's reply to ``messages`` (chat template applied, context window fitted)."""
         sampling = self._sampling(call.body)
@@ -199,6 +202,7 @@ class LLMService:
         end["usage"]["context"] = fitted.usage()
         return end
 
+    @method("llm.stats", access="device", schema=EMPTY_SCHEMA)
     async def handle_stats(self, call: Call) -> dict[str, Any]:
         """Counts since the backend was loaded (queue, active, completed, cancelled, failed, tokens) and the
         sampling defaults requests start from."""

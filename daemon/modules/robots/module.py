@@ -27,7 +27,7 @@ from bus.mqtt_ha import robot_discovery
 from bus.mqtt_link import MqttLink, MqttSettings, publish_properties, reply_address
 from bus.mqtt_topics import ALL_ROBOTS, ROBOT_ROOT, dumps, response_topic, robot_topic
 from bus.service import Call
-from daemon.module import Module
+from daemon.module import Module, method
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -48,12 +48,25 @@ COMMAND_SCHEMA = {
     "required": ["id", "action"],
 }
 _SETTINGS_KEYS = ("username", "password", "ca_file", "cert_file", "key_file")
+_SECONDS = {"type": "number", "exclusiveMinimum": 0}
+CONFIG_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "broker": {"type": "string", "default": "mqtt://127.0.0.1:1883"},
+        **{key: {"type": "string"} for key in _SETTINGS_KEYS},
+        "tls_insecure": {"type": "boolean", "default": False},
+        "command_timeout": {**_SECONDS, "default": 5.0},
+        "connect_timeout": {**_SECONDS, "default": 10.0},
+        "ha_discovery": {"type": "boolean", "default": False},
+    },
+    "additionalProperties": False,
+}
 
 
 class RobotsModule(Module):
     name = "robots"
     description = "Tracks robots on the MQTT broker and sends them commands (robot.list/state/command)."
-    provides = ("robot.list", "robot.state", "robot.command")
+    config_schema = CONFIG_SCHEMA
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -64,24 +77,11 @@ class RobotsModule(Module):
         self.ha_discovery = False
 
     def _settings(self) -> tuple[MqttSettings, float, float]:
-        conf = dict(self.ctx.config)
-        known = {"broker", "tls_insecure", "command_timeout", "connect_timeout", "ha_discovery", *_SETTINGS_KEYS}
-        unknown = sorted(set(conf) - known)
-        if unknown:
-            raise BadRequest(f"modules.robots: unknown key {unknown[0]!r}")
-        timeouts = []
-        for key, default in (("command_timeout", 5.0), ("connect_timeout", 10.0)):
-            value = conf.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise BadRequest(f"modules.robots.{key} must be a positive number, got {value!r}")
-            timeouts.append(float(value))
-        for key in ("broker", *_SETTINGS_KEYS):
-            if key in conf and not isinstance(conf[key], str):
-                raise BadRequest(f"modules.robots.{key} must be a string")
+        conf = self.ctx.config
         settings = MqttSettings(
-            url=conf.get("broker", "mqtt://127.0.0.1:1883"),
+            url=conf["broker"],
             client_id=f"enigmad-{self.ctx.node_id}-robots",
-            tls_insecure=bool(conf.get("tls_insecure", False)),
+            tls_insecure=conf["tls_insecure"],
             subscriptions=[
                 (f"{ROBOT_ROOT}/+/{mqtt_topics.ROBOT_STATUS}", 1),
                 (f"{ROBOT_ROOT}/+/{mqtt_topics.ROBOT_STATE}", 1),
@@ -91,10 +91,8 @@ class RobotsModule(Module):
             **{k: conf[k] for k in _SETTINGS_KEYS if k in conf},
         )
         settings.endpoint()
-        self.ha_discovery = conf.get("ha_discovery", False)
-        if not isinstance(self.ha_discovery, bool):
-            raise BadRequest("modules.robots.ha_discovery must be true or false")
-        return settings, timeouts[0], timeouts[1]
+        self.ha_discovery = conf["ha_discovery"]
+        return settings, float(conf["command_timeout"]), float(conf["connect_timeout"])
 
     async def load(self) -> None:
         settings, self.command_timeout, connect_timeout = self._settings()
@@ -106,9 +104,7 @@ class RobotsModule(Module):
             await self.link.close(1.0)
             self.link = None
             raise
-        self.ctx.register("robot.list", self.list_robots, access="device", summary="robots seen on the broker")
-        self.ctx.register("robot.state", self.robot_state, access="device", schema=STATE_SCHEMA)
-        self.ctx.register("robot.command", self.robot_command, access="user", schema=COMMAND_SCHEMA)
+        self.ctx.serve(self)
 
     async def unload(self) -> None:
         for fut in self._pending.values():
@@ -186,6 +182,7 @@ class RobotsModule(Module):
         }
 
     # -- handlers ---------------------------------------------------------------------------------------------
+    @method("robot.list", access="device", summary="robots seen on the broker")
     async def list_robots(self, call: Call) -> dict[str, Any]:
         """Every robot seen on the broker, online or not, with its motion state, battery and pose."""
         return {"robots": [self._summary(r) for _, r in sorted(self.robots.items())]}
@@ -198,11 +195,13 @@ class RobotsModule(Module):
             )
         return rec
 
+    @method("robot.state", access="device", schema=STATE_SCHEMA)
     async def robot_state(self, call: Call) -> dict[str, Any]:
         """One robot: its announcement (driver, actions, limits) and its latest telemetry."""
         rec = self._robot(call.body["id"])
         return {**self._summary(rec), "announcement": rec["announcement"], "telemetry": rec["telemetry"]}
 
+    @method("robot.command", access="user", schema=COMMAND_SCHEMA)
     async def robot_command(self, call: Call) -> dict[str, Any]:
         """Send one command and return the robot's answer; a refusal raises the robot's error code."""
         assert self.link is not None

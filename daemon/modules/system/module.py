@@ -17,10 +17,14 @@ import time
 from typing import Any, Final
 
 from bus.service import Call
-from daemon.module import Module
+from daemon.module import Module, method
 
 STATS: Final = "system.stats"  # {"ts", "load", "memory": {"total", "available"}, "disk": {"total", "free"}}
-DEFAULT_INTERVAL: Final = 10.0
+CONFIG_SCHEMA: Final = {
+    "type": "object",
+    "properties": {"interval": {"type": "number", "exclusiveMinimum": 0, "default": 10.0}},
+    "additionalProperties": False,
+}
 
 
 def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
@@ -41,19 +45,16 @@ def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
 class SystemModule(Module):
     name = "system"
     description = "Host facts (CPU, load, memory, disk) on request and as periodic system.stats events."
-    provides = ("system.info",)
+    config_schema = CONFIG_SCHEMA
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self._task: asyncio.Task[None] | None = None
-        self.interval = DEFAULT_INTERVAL
+        self.interval = 0.0  # seconds between system.stats events, from the checked config at load()
 
     async def load(self) -> None:
-        interval = self.ctx.config.get("interval", DEFAULT_INTERVAL)
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-            raise ValueError(f"modules.system.interval must be a positive number of seconds, got {interval!r}")
-        self.interval = float(interval)
-        self.ctx.register("system.info", self.info_handler, access="device", schema={"type": "object"})
+        self.interval = float(self.ctx.config["interval"])
+        self.ctx.serve(self)
         self._task = asyncio.create_task(self._publish_stats(), name="system.stats")
 
     async def unload(self) -> None:
@@ -73,6 +74,7 @@ class SystemModule(Module):
             "disk": {"path": str(self.ctx.data_dir), "total": disk.total, "free": disk.free},
         }
 
+    @method("system.info", access="device", schema={"type": "object"})
     async def info_handler(self, call: Call) -> dict[str, Any]:
         """Host name, OS, Python, CPU count, plus the current ``stats()``."""
         return {

@@ -16,10 +16,10 @@ from typing import Any, Final
 
 from bus.envelope import new_id
 from bus.errors import BadRequest, Unavailable, UnknownMethod
+from bus.sampling import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
 from bus.service import Call
 from daemon.hub import Hub
 from daemon.modules.chat.store import ChatStore
-from daemon.modules.llm.options import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
 
 # Every stored (or finalised) message: the message map as ``session.history`` returns it.
 CHAT_MESSAGE: Final = "chat.message"

@@ -15,11 +15,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bus.errors import BadRequest
+from bus.sampling import SAMPLING_SCHEMA, check_sampling
 from bus.service import Call
 from daemon.module import Module
 from daemon.modules.llm import service as s
 from daemon.modules.llm.base import Backend
-from daemon.modules.llm.options import SAMPLING_SCHEMA
 
 PROVIDES = ("llm.generate", "llm.chat", "llm.stats")
 
@@ -56,6 +57,10 @@ class LLMModule(Module):
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "sampling"
             raise ValueError(f"modules.{self.name}.sampling: {where}: {exc.message}") from None
+        try:
+            check_sampling(sampling)
+        except BadRequest as exc:  # what a JSON schema cannot see (NaN)
+            raise ValueError(f"modules.{self.name}.sampling: {exc.message}") from None
         max_pending = cfg.pop("max_pending", 256)
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"modules.{self.name}.max_pending must be a positive integer, got {max_pending!r}")

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bus.sampling import complete_sampling
 from daemon.modules.llm.base import Backend, Generation, Item
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ class NativeBackend(Backend):
         if self.scheduler is None:
             raise RuntimeError("the model is not loaded")
         tok = self._tok()
-        params = SamplingParams(**sampling)
+        params = SamplingParams(**complete_sampling(sampling))
         ids = tok.encode(prompt, add_bos=tok.add_bos)
         loop = asyncio.get_running_loop()
         handle = self.scheduler.submit(ids, params)

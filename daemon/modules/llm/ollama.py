@@ -14,9 +14,9 @@ import logging
 from typing import Any, ClassVar, Final
 
 from bus.errors import NotFound, Unavailable
+from bus.sampling import DEFAULT_MAX_TOKENS
 from daemon.modules.llm.base import Backend, Generation
 from daemon.modules.llm.httpjson import Endpoint, JsonStream, request_json
-from daemon.modules.llm.options import DEFAULT_MAX_TOKENS
 
 log = logging.getLogger("enigma.llm.ollama")
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bus.errors import BadRequest, BusError, Busy, Unavailable
+from bus.sampling import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, check_sampling, merge_sampling, pick_sampling
 from bus.service import Call
 from daemon.modules.chat.context import fit_context, reply_reserve
 from daemon.modules.llm.base import Backend, Generation, as_bus_error
-from daemon.modules.llm.options import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, merge_sampling, pick_sampling
 
 log = logging.getLogger("enigma.llm")
 
@@ -217,7 +217,8 @@ class LLMService:
 
     # -- the one streaming path -------------------------------------------------------------------------------
     def _sampling(self, body: dict[str, Any]) -> dict[str, Any]:
-        return merge_sampling(self.defaults, pick_sampling(body))
+        # The hub's schema has checked the request's keys already, but a JSON schema lets NaN through.
+        return check_sampling(merge_sampling(self.defaults, pick_sampling(body)))
 
     def _check_ready(self) -> None:
         if self.state not in ("ready", "busy") and not (self.state == "loading" and self._switching.locked()):

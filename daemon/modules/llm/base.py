@@ -173,11 +173,22 @@ class Generation:
         return self.text
 
 
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A chat prompt as the backend will run it, rendered and measured once: ``llm.chat`` measures candidates
+    while it fits the conversation into the window, then runs the one that fits as it is."""
+
+    messages: list[dict[str, str]]
+    tokens: int  # exact, or the backend's estimate when it cannot count
+    text: str | None = None  # the chat template applied, for backends that render
+    ids: list[int] | None = None  # the tokens, for backends that tokenize here
+
+
 class Backend(ABC):
     """One LLM runtime serving one model at a time.
 
-    ``load``/``unload`` may take long (they run their blocking parts off the loop). ``count_tokens`` and
-    ``render_chat`` are cheap and synchronous; remote backends that cannot count exactly estimate.
+    ``load``/``unload`` may take long (they run their blocking parts off the loop). ``count_tokens``,
+    ``render_chat`` and ``prepare_chat`` are cheap and synchronous; remote backends that cannot count estimate.
     """
 
     kind: ClassVar[str]
@@ -207,12 +218,17 @@ class Backend(ABC):
     def generate(self, prompt: str, sampling: dict[str, Any]) -> Generation:
         """Start generating from a raw prompt; must return immediately (the work happens elsewhere)."""
 
-    def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> Generation:
-        """Start a chat completion; backends with a native chat API override this."""
-        return self.generate(self.render_chat(messages), sampling)
+    def prepare_chat(self, messages: list[dict[str, str]]) -> Prompt:
+        """Render ``messages`` and measure the result; backends that tokenize keep the tokens too."""
+        text = self.render_chat(messages)
+        return Prompt(messages, self.count_tokens(text), text)
+
+    def chat(self, prompt: Prompt, sampling: dict[str, Any]) -> Generation:
+        """Start a chat completion of a prepared prompt; backends with a native chat API override this."""
+        return self.generate(prompt.text if prompt.text is not None else self.render_chat(prompt.messages), sampling)
 
     def count_chat_tokens(self, messages: list[dict[str, str]]) -> int:
-        return self.count_tokens(self.render_chat(messages))
+        return self.prepare_chat(messages).tokens
 
     def load_stats(self) -> dict[str, int]:
         """``{"queue": waiting, "active": decoding}`` right now."""

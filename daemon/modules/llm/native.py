@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bus.sampling import complete_sampling
-from daemon.modules.llm.base import Backend, Generation
+from daemon.modules.llm.base import Backend, Generation, Prompt
 from engine.usage import Usage
 
 if TYPE_CHECKING:
@@ -235,14 +235,27 @@ class NativeBackend(Backend):
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return self._tok().apply_chat_template(messages, add_generation_prompt=True)
 
+    def prepare_chat(self, messages: list[dict[str, str]]) -> Prompt:
+        tok = self._tok()
+        text = tok.apply_chat_template(messages, add_generation_prompt=True)
+        ids = tok.encode(text, add_bos=tok.add_bos)
+        return Prompt(messages, len(ids), text, ids)
+
     def generate(self, prompt: str, sampling: dict[str, Any]) -> Generation:
+        tok = self._tok()
+        return self._submit(tok.encode(prompt, add_bos=tok.add_bos), sampling)
+
+    def chat(self, prompt: Prompt, sampling: dict[str, Any]) -> Generation:
+        if prompt.ids is None:
+            return super().chat(prompt, sampling)
+        return self._submit(prompt.ids, sampling)
+
+    def _submit(self, ids: list[int], sampling: dict[str, Any]) -> Generation:
         from engine.sampling import SamplingParams
 
         if self.scheduler is None:
             raise RuntimeError("the model is not loaded")
-        tok = self._tok()
         params = SamplingParams(**complete_sampling(sampling))
-        ids = tok.encode(prompt, add_bos=tok.add_bos)
         handle = self.scheduler.submit(ids, params)
         gen = Generation(model=self.model, loop=asyncio.get_running_loop(), prompt_tokens=len(ids))
         gen.on_cancel = handle.cancel

@@ -192,10 +192,14 @@ class LLMService:
         self._check_ready()
         window = self.backend.context_length
         reserve = reply_reserve(window, sampling["max_tokens"])
-        fitted = await asyncio.to_thread(fit_context, messages, self.backend.count_chat_tokens, window, reserve)
+        backend = self.backend
+        # Each candidate is rendered and tokenized once; the one that fits is what the model runs.
+        fitted = await asyncio.to_thread(
+            fit_context, messages, backend.prepare_chat, window, reserve, lambda p: p.tokens
+        )
         # What is left of the window after the prompt bounds the reply (the reserve guarantees at least that).
         sampling["max_tokens"] = max(1, min(sampling["max_tokens"], window - fitted.prompt_tokens))
-        end = await self._stream(call, lambda: self.backend.chat(fitted.messages, sampling))
+        end = await self._stream(call, lambda: backend.chat(fitted.prompt, sampling))
         end["usage"]["context"] = fitted.usage()
         return end
 
@@ -237,8 +241,11 @@ class LLMService:
         self.inflight += 1
         self._activity_changed()
         try:
+            counted = 0
             async for delta in gen:
-                await call.emit({"text": delta})
+                # ``tokens``: how many generated tokens the delta stands for (a character may need several).
+                tokens, counted = gen.tokens - counted, gen.tokens
+                await call.emit({"text": delta, "tokens": tokens})
         except asyncio.CancelledError:
             gen.cancel()
             self.counters.cancelled += 1

@@ -135,7 +135,7 @@ def _native_ttft(model, tok, prompt: list[int]) -> float:
     from engine.sampling import SamplingParams
 
     events = list(generate(model, NoStop(tok), prompt, SamplingParams(temperature=0.0, max_tokens=1)))
-    return events[-1].ttft_s  # type: ignore[union-attr]
+    return events[-1].ttft_ms / 1000  # type: ignore[union-attr]
 
 
 def _native_decode_steps(model, tok, prompt: list[int], n_decode: int) -> list[tuple[float, float]]:
@@ -292,7 +292,7 @@ def bench_scheduler(
                     handles = [sched.submit(prompts[i], params) for i in range(n)]
                     usages = [h.collect()[1] for h in handles]
                     total = sum(u.completion_tokens for u in usages) / (time.perf_counter() - t)
-                    decode = sum(u.tokens_per_s for u in usages)
+                    decode = sum(u.decode_tokens_per_s or 0.0 for u in usages)
                     best = out.get(n, (0.0, 0.0))
                     out[n] = (max(best[0], total), max(best[1], decode))
         except BaseException as exc:  # re-raised below, on the main thread

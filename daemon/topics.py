@@ -1,6 +1,7 @@
 """The event topics the daemon core publishes, with the shape of their bodies, in one place.
 
-Modules keep their own topic constants beside their code (``system.stats`` in ``daemon.modules.system.module``).
+Modules keep their own topic constants beside their code (``system.stats`` in ``daemon.modules.system.module``);
+a topic one module publishes and another reads lives here, since modules never import each other.
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ SYS_RELOADED: Final = "sys.reloaded"
 
 # Prefixes only the daemon itself may publish on; ``bus.publish`` refuses them with ``forbidden``.
 RESERVED_PREFIXES: Final[tuple[str, ...]] = ("sys.", "module.")
+
+# The language model's state, published by whichever llm backend module is active, read by chat for the model's
+# name: {"state", "model", "active", "queue", …} (docs/protocol.md, llm.stats).
+LLM_STATE: Final = "llm.state"

@@ -12,8 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +20,7 @@ from torch import Tensor
 from engine.errors import EngineError
 from engine.model import Transformer
 from engine.sampling import SamplingParams, sample
+from engine.usage import Usage, decode_rate
 
 DEFAULT_PREFILL_CHUNK = 256
 _DETOK_CONTEXT = 4  # prompt tokens decoded ahead of the completion so a leading space survives detokenisation
@@ -50,23 +50,6 @@ class InvalidPrompt(EngineError, ValueError):
     """The prompt is empty or holds token ids the model does not have."""
 
     code = "bad_request"
-
-
-@dataclass
-class Usage:
-    """The closing event of a stream. ``ttft_s`` counts from submission (queueing included); ``decode_s`` runs
-    from the first token to the last, so ``tokens_per_s`` is the decode rate after the first token."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    prefill_s: float
-    ttft_s: float
-    decode_s: float
-    tokens_per_s: float
-    finish_reason: str  # "stop" | "length" | "cancelled"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,19 +219,20 @@ class Decoding:
         return text + (rest if hit else rest + self._stops.flush())
 
     def usage(self) -> Usage:
+        """The request's usage, timed on the thread that ran it."""
         end = self.t_end or time.perf_counter()
         start = self.t_prefill_start or self.t_submit
         first = self.t_first or end
-        decode_s = end - first
         n = len(self.completion)
         return Usage(
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=n,
-            prefill_s=first - start,
-            ttft_s=first - self.t_submit,
-            decode_s=decode_s,
-            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
             finish_reason=self.finish_reason or "cancelled",
+            ttft_ms=None if self.t_first is None else (first - self.t_submit) * 1000.0,
+            total_ms=(end - self.t_submit) * 1000.0,
+            decode_tokens_per_s=decode_rate(n, self.t_first, end),
+            prefill_ms=(first - start) * 1000.0,
+            decode_ms=(end - first) * 1000.0,
         )
 
 

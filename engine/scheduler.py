@@ -8,21 +8,21 @@ Then every active row advances in one batched forward call, each sampled with it
 finished or cancelled row leaves and the last row is moved into its place (``Transformer.move_slot``), so the
 active rows are always ``[0, n)`` and the decode call never carries holes.
 
-Results travel to the consumer through the request's handle: a blocking iterator for threads, or an
-``asyncio.Queue`` fed with ``loop.call_soon_threadsafe`` so an event loop never blocks on the engine.
+Results travel to the consumer through the request's handle: a blocking iterator for threads, or a listener
+the worker calls with each event as it is produced (the daemon's listener hands them to its event loop). The
+worker never waits on a consumer, and a consumer never reads the worker's state: every event carries what it
+needs, the number of tokens a text delta stands for included.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from engine.errors import EngineError
-from engine.generate import DEFAULT_PREFILL_CHUNK, Decoding, TokenizerLike, Usage, check_prompt, prefill_chunk
+from engine.generate import DEFAULT_PREFILL_CHUNK, Decoding, TokenizerLike, check_prompt, prefill_chunk
 from engine.model import Transformer
 from engine.sampling import BatchSettings, SamplingParams, sample_batch
+from engine.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +57,29 @@ class GenerationFailed(EngineError):
     code = "internal"
 
 
+# Called on the worker thread with each event and the number of completion tokens it stands for (a text delta
+# may cover several tokens, or a token may wait for the next one to complete a character; other events: 0).
+Listener = Callable[[Event | BaseException, int], None]
+
+
 class RequestHandle:
     """The consumer's end of one request: events are text deltas (``str``), then one final ``Usage``.
 
-    Consume either with the blocking iterator (any thread) or, from asyncio, with ``async for`` / ``attach``;
-    not both. Each request yields at most ``max_tokens + 1`` events, which bounds the handle's queues.
+    Consume either with the blocking iterator (any thread) or with a listener (``listen``); not both. Each
+    request yields at most ``max_tokens + 1`` events, which bounds the handle's queue.
     """
 
     def __init__(self, rid: int, state: Decoding) -> None:
         self.id = rid
-        self.state = state
+        self.state = state  # the worker's: a consumer reads the events, not this
         self.usage: Usage | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._cancel = threading.Event()
-        self._sync: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
+        self._sync: queue.SimpleQueue[tuple[Event | BaseException, int]] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._aq: asyncio.Queue[Event | BaseException] | None = None
+        self._listener: Listener | None = None
+        self._reported = 0  # completion tokens covered by the deltas emitted so far (worker side only)
 
     # -- consumer side ------------------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -86,36 +92,23 @@ class RequestHandle:
 
     def __iter__(self) -> Iterator[Event]:
         while True:
-            ev = self._sync.get()
+            ev, _ = self._sync.get()
             if isinstance(ev, BaseException):
                 raise ev
             yield ev
             if isinstance(ev, Usage):
                 return
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[Event | BaseException]:
-        """Route events to an ``asyncio.Queue`` of ``loop`` (call this from the loop's thread). Events already
-        produced are moved over first, so nothing is lost or reordered."""
+    def listen(self, listener: Listener) -> None:
+        """Hand every event to ``listener``: those already produced at once, in order, on the calling thread;
+        the rest on the worker thread as they come. The listener must not block (it holds up the batch)."""
         with self._lock:
-            if self._aq is None:
-                self._aq = asyncio.Queue()
-                while True:
-                    try:
-                        self._aq.put_nowait(self._sync.get_nowait())
-                    except queue.Empty:
-                        break
-                self._loop = loop
-            return self._aq
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        aq = self.attach(asyncio.get_running_loop())
-        while True:
-            ev = await aq.get()
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-            if isinstance(ev, Usage):
-                return
+            while True:
+                try:
+                    listener(*self._sync.get_nowait())
+                except queue.Empty:
+                    break
+            self._listener = listener
 
     def collect(self, timeout: float | None = None) -> tuple[str, Usage]:
         """Block until the request ends; its whole text and usage (raises its error, or TimeoutError)."""
@@ -124,7 +117,7 @@ class RequestHandle:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                ev = self._sync.get(timeout=left)
+                ev, _ = self._sync.get(timeout=left)
             except queue.Empty:
                 raise TimeoutError(f"request {self.id} not finished after {timeout}s") from None
             if isinstance(ev, BaseException):
@@ -135,17 +128,19 @@ class RequestHandle:
 
     # -- worker side --------------------------------------------------------------------------------------------
     def _emit(self, ev: Event | BaseException) -> None:
-        if isinstance(ev, Usage):
+        tokens = 0
+        if isinstance(ev, str):
+            done = len(self.state.completion)
+            tokens, self._reported = done - self._reported, done
+        elif isinstance(ev, Usage):
             self.usage = ev
-        elif isinstance(ev, BaseException):
+        else:
             self.error = ev
         with self._lock:
-            if self._loop is not None and self._aq is not None:
-                # RuntimeError: the consumer's loop is closed, nobody is listening any more.
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._aq.put_nowait, ev)
+            if self._listener is not None:
+                self._listener(ev, tokens)
             else:
-                self._sync.put(ev)
+                self._sync.put((ev, tokens))
         if isinstance(ev, Usage | BaseException):
             self.done.set()
 

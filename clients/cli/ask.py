@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from bus.sampling import OPTIONS, SAMPLING_KEYS
 from clients.cli.exits import CliError, UsageError
 
 if TYPE_CHECKING:
@@ -23,21 +24,21 @@ STREAM_TIMEOUT = 120.0  # seconds to wait for the next chunk when --timeout is n
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
-    """The sampling flags shared by ``ask`` and ``chat``; unset ones are left to the persona and the daemon."""
+    """The sampling flags shared by ``ask`` and ``chat``, one per protocol option (``bus.sampling.OPTIONS``);
+    unset ones are left to the persona and the daemon, which also checks the ranges."""
     g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=float, metavar="T", help="0 is greedy (ask's default; chat's is the daemon's)")
-    g.add_argument("--top-p", type=float, metavar="P")
-    g.add_argument("--top-k", type=int, metavar="K")
-    g.add_argument("--min-p", type=float, metavar="P")
-    g.add_argument("--repetition-penalty", type=float, metavar="X")
-    g.add_argument("--seed", type=int, metavar="N")
-    g.add_argument("--max-tokens", type=int, metavar="N", help="longest answer, in tokens")
-    g.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
+    for o in OPTIONS:
+        if o.kind == "strings":
+            g.add_argument(o.flag, dest=o.name, action="append", metavar=o.metavar, help=f"{o.help} (repeatable)")
+        else:
+            g.add_argument(
+                o.flag, dest=o.name, type=float if o.kind == "number" else int, metavar=o.metavar, help=o.help
+            )
 
 
 def sampling_from(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_tokens", "stop")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    """The sampling options given on the command line."""
+    return {k: getattr(args, k) for k in sorted(SAMPLING_KEYS) if getattr(args, k, None) is not None}
 
 
 def stream_timeout(ctx: Context) -> float:

@@ -99,9 +99,12 @@ def test_max_tokens_ends_with_length() -> None:
 def test_usage_timings_are_consistent() -> None:
     model, tok = tiny_model(), byte_tokenizer()
     _, usage = run(model, tok, "hello world", GREEDY)
-    assert 0 < usage.prefill_s <= usage.ttft_s
-    assert usage.decode_s > 0
-    assert usage.tokens_per_s == pytest.approx((usage.completion_tokens - 1) / usage.decode_s)
+    assert usage.prefill_ms is not None
+    assert usage.ttft_ms is not None
+    assert usage.decode_ms is not None
+    assert 0 < usage.prefill_ms <= usage.ttft_ms <= usage.total_ms
+    assert usage.decode_ms > 0
+    assert usage.decode_tokens_per_s == pytest.approx((usage.completion_tokens - 1) / (usage.decode_ms / 1000))
 
 
 def test_stream_text_equals_decode_of_completion() -> None:

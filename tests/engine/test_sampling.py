@@ -1,16 +1,13 @@
-"""Sampling: each filter and penalty alone, the batched sampler's per-row settings, seeds and validation."""
+"""Sampling: each filter and penalty alone, the batched sampler's per-row settings, and seeds. What a request may
+carry is checked by ``bus.sampling`` (``tests/bus/test_sampling_options.py``)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
-from engine.errors import EngineError
 from engine.sampling import (
     BatchSettings,
-    InvalidSamplingParams,
     SamplingParams,
     apply_penalties,
     apply_temperature,
@@ -153,31 +150,3 @@ def test_sampling_frequencies_follow_probabilities() -> None:
     g = p.make_generator()
     counts = torch.bincount(torch.tensor([sample(x, p, g) for _ in range(3000)]), minlength=3).float() / 3000
     assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2]), atol=0.04)
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("temperature", math.nan, "temperature must be a number, got NaN"),
-        ("temperature", -0.1, "temperature must be in"),
-        ("top_k", -1, "top_k must be >= 0"),
-        ("top_k", 2.5, "top_k must be an integer"),
-        ("top_p", 0.0, "top_p must be in (0.0, 1.0]"),
-        ("top_p", 1.5, "top_p must be in"),
-        ("min_p", -0.5, "min_p must be in"),
-        ("repetition_penalty", 0.0, "repetition_penalty must be in"),
-        ("presence_penalty", 3.0, "presence_penalty must be in"),
-        ("frequency_penalty", math.nan, "frequency_penalty must be a number, got NaN"),
-        ("seed", -1, "seed must be >= 0"),
-        ("max_tokens", 0, "max_tokens must be >= 1"),
-        ("stop", "END", "stop must be a list of strings"),
-        ("stop", [""], "stop entries must be non-empty strings"),
-        ("temperature", "hot", "temperature must be a number, got str"),
-    ],
-)
-def test_invalid_params_are_rejected_naming_the_field(field: str, value: object, message: str) -> None:
-    with pytest.raises(InvalidSamplingParams) as info:
-        SamplingParams(**{field: value})  # type: ignore[arg-type]
-    assert message in str(info.value)
-    assert isinstance(info.value, EngineError)
-    assert info.value.code == "bad_request"

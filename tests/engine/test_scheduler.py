@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 
@@ -275,27 +274,41 @@ def test_stats_count_requests_tokens_and_steps(sched: Scheduler, tok) -> None:
     assert st["steps"] >= 9
 
 
-async def test_async_iteration_matches_blocking_iteration(sched: Scheduler, tok) -> None:
+def _listened(handle: RequestHandle) -> list[tuple[object, int]]:
+    """Every event a listener gets, with the tokens each stands for, once the request has ended."""
+    got: list[tuple[object, int]] = []
+    ended = threading.Event()
+
+    def on_event(ev: object, tokens: int) -> None:
+        got.append((ev, tokens))
+        if not isinstance(ev, str):
+            ended.set()
+
+    handle.listen(on_event)
+    assert ended.wait(TIMEOUT)
+    return got
+
+
+def test_a_listener_gets_the_blocking_iterators_events_with_their_token_counts(sched: Scheduler, tok) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=15)
-    sync_text, _ = sched.submit(tok.encode("hello"), params).collect(TIMEOUT)
-    events = []
-    async with asyncio.timeout(TIMEOUT):
-        async for ev in sched.submit(tok.encode("hello"), params):
-            events.append(ev)
-    assert isinstance(events[-1], Usage)
-    assert "".join(events[:-1]) == sync_text
+    sync_text, _ = sched.submit(tok.encode("日本語 hello"), params).collect(TIMEOUT)
+    got = _listened(sched.submit(tok.encode("日本語 hello"), params))
+    usage, _ = got.pop()
+    assert isinstance(usage, Usage)
+    assert "".join(str(ev) for ev, _ in got) == sync_text
+    # The byte tokenizer needs up to 3 tokens for one character: the deltas carry the count, not the chunks.
+    assert sum(n for _, n in got) == usage.completion_tokens == 15
+    assert all(n >= 1 for _, n in got)
 
 
-async def test_attach_after_events_keeps_them_in_order(sched: Scheduler, tok) -> None:
+def test_a_listener_added_after_the_events_gets_them_in_order(sched: Scheduler, tok) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=15)
     ref, _ = sched.submit(tok.encode("hello"), params).collect(TIMEOUT)
     h = sched.submit(tok.encode("hello"), params)
-    await asyncio.get_running_loop().run_in_executor(None, h.done.wait, TIMEOUT)  # everything already produced
-    q = h.attach(asyncio.get_running_loop())
-    parts = []
-    while not isinstance(ev := await asyncio.wait_for(q.get(), TIMEOUT), Usage):
-        parts.append(ev)
-    assert "".join(parts) == ref
+    assert h.done.wait(TIMEOUT)  # everything already produced
+    got = _listened(h)
+    assert isinstance(got[-1][0], Usage)
+    assert "".join(str(ev) for ev, _ in got[:-1]) == ref
 
 
 class FlakyModel(torch.nn.Module):

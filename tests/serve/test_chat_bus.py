@@ -100,7 +100,7 @@ async def test_user_message_is_committed_before_the_reply_starts(client: Client,
     session = await client.call("session.new", {})
     async with client.stream("chat.send", {"session_id": session["id"], "text": "hold on"}) as s:
         first = await s.__anext__()
-        assert first == {"text": "The"}
+        assert first == {"text": "The", "tokens": 1}
         history = (await client.call("session.history", {"id": session["id"]}))["messages"]
         assert [(m["role"], m["text"], m["complete"]) for m in history] == [
             ("user", "hold on", True),
@@ -117,7 +117,7 @@ async def test_cancel_keeps_the_partial_reply_marked_incomplete(client: Client, 
     async with client.subscribe("chat.message") as events:
         await events.live()
         async with client.stream("chat.send", {"session_id": session["id"], "text": "tell me"}) as s:
-            assert await s.__anext__() == {"text": "The"}
+            assert await s.__anext__() == {"text": "The", "tokens": 1}
             await s.cancel()
             with pytest.raises(Cancelled):
                 await s.__anext__()
@@ -128,6 +128,7 @@ async def test_cancel_keeps_the_partial_reply_marked_incomplete(client: Client, 
     assert fake_ollama.wait_disconnected(), "cancelling the reply did not drop the Ollama connection"
     history = (await client.call("session.history", {"id": session["id"]}))["messages"]
     assert (history[-1]["text"], history[-1]["complete"]) == ("The", False)
+    assert (history[-1]["model"], history[-1]["tokens"]) == ("smollm2:135m", 1)  # from llm.state, counted tokens
 
 
 async def test_regenerate_replaces_the_last_reply(client: Client, fake_ollama: FakeOllamaThread) -> None:
@@ -428,7 +429,7 @@ async def test_generations_beyond_max_pending_are_refused_busy(
     d = module_daemon_factory(_config(fake_ollama.url, extra="max_pending = 1"))
     fake_ollama.configure(hold=True)
     async with Client(d.rpc, d.events, timeout=20.0) as c, c.stream("llm.generate", {"prompt": "first"}) as held:
-        assert await held.__anext__() == {"text": "The"}
+        assert await held.__anext__() == {"text": "The", "tokens": 1}
         with pytest.raises(Busy, match=r"1 generations are already running or queued \(limit 1\)"):
             async with c.stream("llm.generate", {"prompt": "second"}) as s:
                 [x async for x in s]
@@ -444,7 +445,7 @@ async def test_sigkill_mid_reply_keeps_history_with_the_reply_incomplete(
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         session = await c.call("session.new", {"title": "crash"})
         async with c.stream("chat.send", {"session_id": session["id"], "text": "tell me a story"}) as s:
-            assert await s.__anext__() == {"text": "The"}  # stored before it was sent (flush_tokens = 1)
+            assert await s.__anext__() == {"text": "The", "tokens": 1}  # stored before it was sent (flush_tokens = 1)
             d.stop(signal.SIGKILL)
     again = module_daemon_factory(_config(fake_ollama.url), data_dir=d.data_dir)
     async with Client(again.rpc, again.events, timeout=20.0) as c:
@@ -463,7 +464,7 @@ async def test_graceful_stop_mid_reply_stores_the_partial_reply(
     async with Client(d.rpc, d.events, timeout=20.0) as c:
         session = await c.call("session.new", {})
         async with c.stream("chat.send", {"session_id": session["id"], "text": "go"}) as s:
-            assert await s.__anext__() == {"text": "The"}
+            assert await s.__anext__() == {"text": "The", "tokens": 1}
             assert await asyncio.to_thread(d.stop, signal.SIGTERM) == 0
             with pytest.raises(Cancelled):
                 await s.__anext__()

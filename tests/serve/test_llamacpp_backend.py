@@ -31,7 +31,7 @@ async def test_chat_answers_a_capital_question(backend: LlamaCppBackend) -> None
     # llama.cpp's 4-bit kernels quantise activations too, and on "What is the capital of France?" its greedy
     # answer drifts into French nouns; this wording is answered plainly by both engines.
     messages = [{"role": "user", "content": "Name the capital of France."}]
-    gen = backend.chat(messages, {"temperature": 0, "max_tokens": 24})
+    gen = backend.chat(backend.prepare_chat(messages), {"temperature": 0, "max_tokens": 24})
     text = await gen.drain()
     assert "Paris" in text
     assert gen.usage is not None

@@ -21,7 +21,8 @@ async def _backend(server: FakeOllama, model: str = "smollm2:135m") -> OllamaBac
 async def test_chat_streams_deltas_and_reports_ollama_counts() -> None:
     async with FakeOllama() as server:
         backend = await _backend(server)
-        gen = backend.chat([{"role": "user", "content": "capital of France?"}], {"temperature": 0, "max_tokens": 20})
+        prompt = backend.prepare_chat([{"role": "user", "content": "capital of France?"}])
+        gen = backend.chat(prompt, {"temperature": 0, "max_tokens": 20})
         deltas = [d async for d in gen]
         assert deltas == ["The", " capital", " is", " Paris", "."]
         assert gen.usage is not None
@@ -39,9 +40,8 @@ async def test_chat_sends_messages_and_maps_sampling_options() -> None:
             "stop": ["\n"],
             "seed": 4,
         }
-        await backend.chat(
-            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], sampling
-        ).drain()
+        prompt = backend.prepare_chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+        await backend.chat(prompt, sampling).drain()
         method, path, body = server.requests[-1]
         assert (method, path) == ("POST", "/api/chat")
         assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
@@ -70,7 +70,7 @@ async def test_generate_uses_raw_prompt_endpoint() -> None:
 async def test_length_finish_reason_is_passed_through() -> None:
     async with FakeOllama(done_reason="length") as server:
         backend = await _backend(server)
-        gen = backend.chat([{"role": "user", "content": "x"}], {"max_tokens": 2})
+        gen = backend.chat(backend.prepare_chat([{"role": "user", "content": "x"}]), {"max_tokens": 2})
         await gen.drain()
         assert gen.usage is not None
         assert gen.usage.finish_reason == "length"
@@ -79,7 +79,7 @@ async def test_length_finish_reason_is_passed_through() -> None:
 async def test_cancel_drops_the_connection_and_ends_cancelled() -> None:
     async with FakeOllama(hold=True) as server:
         backend = await _backend(server)
-        gen = backend.chat([{"role": "user", "content": "x"}], {})
+        gen = backend.chat(backend.prepare_chat([{"role": "user", "content": "x"}]), {})
         assert await gen.__anext__() == "The"
         gen.cancel()
         rest = [d async for d in gen]
@@ -114,7 +114,7 @@ async def test_model_removed_after_load_surfaces_the_server_error() -> None:
     async with FakeOllama() as server:
         backend = await _backend(server)
         server.models.clear()
-        gen = backend.chat([{"role": "user", "content": "x"}], {})
+        gen = backend.chat(backend.prepare_chat([{"role": "user", "content": "x"}]), {})
         with pytest.raises(NotFound, match="model 'smollm2:135m' not found"):
             await gen.drain()
 
@@ -137,7 +137,7 @@ def _answer(status: int, body: bytes) -> bytes:
 async def _chat_error(server: FakeOllama, limit: float = 5.0) -> BusError:
     backend = OllamaBackend("smollm2:135m", {"url": server.url, "timeout": limit})
     await backend.load()
-    gen = backend.chat([{"role": "user", "content": "x"}], {})
+    gen = backend.chat(backend.prepare_chat([{"role": "user", "content": "x"}]), {})
     with pytest.raises(BusError) as exc:
         await gen.drain()
     return exc.value

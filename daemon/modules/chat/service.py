@@ -16,11 +16,12 @@ from typing import Any, Final
 
 from bus.envelope import new_id
 from bus.errors import BadRequest, Unavailable, UnknownMethod
+from bus.sampling import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
 from bus.service import Call
 from daemon.hub import Hub
 from daemon.module import method
 from daemon.modules.chat.store import ChatStore
-from daemon.sampling import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
+from daemon.topics import LLM_STATE
 
 # Every stored (or finalised) message: the message map as ``session.history`` returns it.
 CHAT_MESSAGE: Final = "chat.message"
@@ -78,7 +79,9 @@ EMPTY_SCHEMA: Final = {"type": "object"}
 
 
 class ReplyWriter:
-    """Keeps the assistant row in step with the stream: a write every ``flush_tokens`` chunks or seconds."""
+    """Keeps the assistant row in step with the stream: a write every ``flush_tokens`` tokens or
+    ``flush_seconds``. Tokens are what each chunk says it stands for (one per chunk from a peer that does not
+    say: a chunk holds at least one token)."""
 
     def __init__(self, store: ChatStore, message_id: int, flush_tokens: int, flush_seconds: float) -> None:
         self.store = store
@@ -90,10 +93,10 @@ class ReplyWriter:
         self._since = 0
         self._last = time.monotonic()
 
-    async def add(self, delta: str) -> None:
+    async def add(self, delta: str, tokens: int) -> None:
         self.text += delta
-        self.tokens += 1
-        self._since += 1
+        self.tokens += tokens
+        self._since += tokens
         now = time.monotonic()
         if self._since >= self._flush_tokens or now - self._last >= self._flush_seconds:
             self._since, self._last = 0, now
@@ -227,14 +230,17 @@ class ChatService:
         messages += [
             {"role": m["role"], "content": m["text"]} for m in await self.store.history(session["id"]) if m["text"]
         ]
-        stats = await self._local(call, "llm.stats", {})
-        model = str(stats.get("model", ""))
+        # The model serving now, as its last ``llm.state`` event said (no round trip); the reply's usage names
+        # the one that answered, which the final write keeps.
+        state = self.hub.replay(LLM_STATE, 1)
+        model = str(state[-1].body.get("model", "")) if state else None
         row = await self.store.add_message(session["id"], "assistant", "", model=model, complete=False)
         writer = ReplyWriter(self.store, row["id"], self.flush_tokens, self.flush_seconds)
         request = {"messages": messages, **merge_sampling(persona_sampling, pick_sampling(call.body))}
 
         async def emit(chunk: dict[str, Any]) -> None:
-            await writer.add(chunk.get("text", ""))
+            tokens = chunk.get("tokens")
+            await writer.add(chunk.get("text", ""), tokens if isinstance(tokens, int) and tokens >= 0 else 1)
             await call.emit(chunk)
 
         try:
@@ -258,6 +264,7 @@ class ChatService:
             finish_reason=usage.get("finish_reason"),
             tokens=usage.get("completion_tokens"),
             timings=timings,
+            model=usage.get("model") or None,
         )
         return {"session_id": session["id"], "message_id": row["id"], "usage": usage}
 
@@ -270,6 +277,7 @@ class ChatService:
         finish_reason: str | None,
         tokens: int | None = None,
         timings: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> None:
         await self.store.update_message(
             mid,
@@ -278,6 +286,7 @@ class ChatService:
             complete=complete,
             timings=timings,
             finish_reason=finish_reason,
+            model=model,
         )
         self.publish(CHAT_MESSAGE, await self.store.get_message(mid))
 
@@ -296,7 +305,6 @@ class ChatService:
             return (await self.hub.dispatch(local)).body
         except UnknownMethod as exc:
             raise Unavailable("the LLM backend was unloaded; load one with `enigma modules load llm`") from exc
-            raise
 
 
 def _title_from(text: str) -> str:

@@ -223,16 +223,19 @@ class ChatStore:
         complete: bool = False,
         timings: dict[str, Any] | None = None,
         finish_reason: str | None = None,
+        model: str | None = None,
     ) -> None:
+        """Rewrite a growing message; ``timings``, ``finish_reason`` and ``model`` are kept unless given."""
         await self._write(
             "UPDATE chat_messages SET text = ?, tokens = ?, complete = ?, timings = COALESCE(?, timings), "
-            "finish_reason = COALESCE(?, finish_reason), updated = ? WHERE id = ?",
+            "finish_reason = COALESCE(?, finish_reason), model = COALESCE(?, model), updated = ? WHERE id = ?",
             (
                 text,
                 tokens,
                 int(complete),
                 None if timings is None else json.dumps(timings),
                 finish_reason,
+                model,
                 time.time(),
                 mid,
             ),

@@ -2,10 +2,13 @@
 
 A backend turns a prompt (raw text, or chat messages it renders with the model's template) into a
 ``Generation``: an async iterator of text deltas living on the daemon's event loop, fed from wherever the
-backend really runs (the engine's scheduler thread, an HTTP stream, a llama.cpp worker thread). Producers on
-other threads call ``feed``/``finish``/``fail``, which hop onto the loop with ``call_soon_threadsafe``; the loop
-never waits on them. ``cancel()`` asks the producer to stop at its next step; the stream then ends with
-``finish_reason == "cancelled"``. Timings are measured here, once, the same way for every backend.
+backend really runs (the engine's scheduler thread, an HTTP stream, a llama.cpp worker thread). It is the one
+bridge from those threads to the loop, thread-safe by construction: a producer only calls ``feed``/``finish``/
+``fail``, which hand an immutable item to the loop with ``call_soon_threadsafe`` (the loop never waits on them),
+and everything the consumer reads — text, token counts, timings — is built from those items on the loop.
+``cancel()`` asks the producer to stop at its next step; the stream then ends with ``finish_reason ==
+"cancelled"``. The usage is ``engine.usage.Usage``: a runtime that times itself (the native engine, from the
+moment a request is submitted) hands its own to ``finish``; for the others it is measured here, on the loop.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from bus.errors import BusError, InternalError, error_class
+from engine.usage import Usage, decode_rate
 
 
 def as_bus_error(exc: BaseException) -> BusError:
@@ -36,30 +40,17 @@ def as_bus_error(exc: BaseException) -> BusError:
     return InternalError(f"{type(exc).__name__}: {exc}")
 
 
-@dataclass(slots=True)
-class Usage:
-    """What one generation cost; ``end`` bodies and stored messages carry ``to_dict()``."""
-
-    model: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"  # stop | length | cancelled | error
-    ttft_ms: float | None = None
-    total_ms: float = 0.0
-    decode_tokens_per_s: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Item:
+    """One thing a producer says, handed whole to the loop."""
+
     kind: str  # "text" | "done" | "error"
     text: str = ""
     tokens: int = 0
     finish_reason: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    usage: Usage | None = None  # the runtime's own account, preferred to the loop's timing
     error: BaseException | None = None
 
 
@@ -90,10 +81,21 @@ class Generation:
         self._put(Item("text", text=text, tokens=tokens))
 
     def finish(
-        self, finish_reason: str, prompt_tokens: int | None = None, completion_tokens: int | None = None
+        self,
+        finish_reason: str,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        usage: Usage | None = None,
     ) -> None:
+        """The end; ``usage``, when the runtime timed the request itself, replaces what the loop measured."""
         self._put(
-            Item("done", finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            Item(
+                "done",
+                finish_reason=finish_reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                usage=usage,
+            )
         )
 
     def fail(self, error: BaseException) -> None:
@@ -127,14 +129,10 @@ class Generation:
     def __aiter__(self) -> Generation:
         return self
 
-    async def _next_item(self) -> Item:
-        """The next thing the producer sent; subclasses that read another queue override this."""
-        return await self._queue.get()
-
     async def __anext__(self) -> str:
         if self._finished:
             raise StopAsyncIteration
-        item = await self._next_item()
+        item = await self._queue.get()
         now = time.perf_counter()
         if item.kind == "text":
             if self._t_first is None:
@@ -150,14 +148,14 @@ class Generation:
             assert err is not None
             raise as_bus_error(err) from err
         reason = "cancelled" if self._cancel_requested and item.finish_reason != "error" else item.finish_reason
-        self._end(reason or "stop", item.prompt_tokens, item.completion_tokens, now)
+        if item.usage is not None:
+            self.usage = replace(item.usage, model=self.model, finish_reason=reason or item.usage.finish_reason)
+        else:
+            self._end(reason or "stop", item.prompt_tokens, item.completion_tokens, now)
         raise StopAsyncIteration
 
     def _end(self, reason: str, prompt_tokens: int | None, completion_tokens: int | None, now: float) -> None:
         completion = completion_tokens if completion_tokens is not None else self.tokens
-        decode_tps = None
-        if self._t_first is not None and self._t_last is not None and completion > 1 and self._t_last > self._t_first:
-            decode_tps = (completion - 1) / (self._t_last - self._t_first)
         self.usage = Usage(
             model=self.model,
             prompt_tokens=prompt_tokens if prompt_tokens is not None else self.prompt_tokens,
@@ -165,7 +163,7 @@ class Generation:
             finish_reason=reason,
             ttft_ms=None if self._t_first is None else (self._t_first - self._t0) * 1000.0,
             total_ms=(now - self._t0) * 1000.0,
-            decode_tokens_per_s=decode_tps,
+            decode_tokens_per_s=decode_rate(completion, self._t_first, self._t_last),
         )
 
     async def drain(self) -> str:
@@ -175,11 +173,22 @@ class Generation:
         return self.text
 
 
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A chat prompt as the backend will run it, rendered and measured once: ``llm.chat`` measures candidates
+    while it fits the conversation into the window, then runs the one that fits as it is."""
+
+    messages: list[dict[str, str]]
+    tokens: int  # exact, or the backend's estimate when it cannot count
+    text: str | None = None  # the chat template applied, for backends that render
+    ids: list[int] | None = None  # the tokens, for backends that tokenize here
+
+
 class Backend(ABC):
     """One LLM runtime serving one model at a time.
 
-    ``load``/``unload`` may take long (they run their blocking parts off the loop). ``count_tokens`` and
-    ``render_chat`` are cheap and synchronous; remote backends that cannot count exactly estimate.
+    ``load``/``unload`` may take long (they run their blocking parts off the loop). ``count_tokens``,
+    ``render_chat`` and ``prepare_chat`` are cheap and synchronous; remote backends that cannot count estimate.
     """
 
     kind: ClassVar[str]
@@ -209,12 +218,17 @@ class Backend(ABC):
     def generate(self, prompt: str, sampling: dict[str, Any]) -> Generation:
         """Start generating from a raw prompt; must return immediately (the work happens elsewhere)."""
 
-    def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> Generation:
-        """Start a chat completion; backends with a native chat API override this."""
-        return self.generate(self.render_chat(messages), sampling)
+    def prepare_chat(self, messages: list[dict[str, str]]) -> Prompt:
+        """Render ``messages`` and measure the result; backends that tokenize keep the tokens too."""
+        text = self.render_chat(messages)
+        return Prompt(messages, self.count_tokens(text), text)
+
+    def chat(self, prompt: Prompt, sampling: dict[str, Any]) -> Generation:
+        """Start a chat completion of a prepared prompt; backends with a native chat API override this."""
+        return self.generate(prompt.text if prompt.text is not None else self.render_chat(prompt.messages), sampling)
 
     def count_chat_tokens(self, messages: list[dict[str, str]]) -> int:
-        return self.count_tokens(self.render_chat(messages))
+        return self.prepare_chat(messages).tokens
 
     def load_stats(self) -> dict[str, int]:
         """``{"queue": waiting, "active": decoding}`` right now."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from daemon.sampling import SAMPLING_SCHEMA
+from bus.sampling import SAMPLING_SCHEMA
 
 _POSITIVE_INT: Final = {"type": "integer", "minimum": 1}
 _CONTEXT: Final = {**_POSITIVE_INT, "maximum": 1 << 20}

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bus.errors import BadRequest, TooLarge, Unavailable
+from bus.sampling import complete_sampling
 from daemon.modules.llm.base import Backend, Generation
 from daemon.modules.llm.native import resolve_model_path
-from daemon.sampling import SAMPLING_DEFAULTS
 
 log = logging.getLogger("enigma.llm.llamacpp")
 
@@ -95,7 +95,7 @@ class LlamaCppBackend(Backend):
 
     def generate(self, prompt: str, sampling: dict[str, Any]) -> Generation:
         llm = self._model()
-        s = {**SAMPLING_DEFAULTS, **sampling}
+        s = complete_sampling(sampling)
         cancel = threading.Event()
         gen = Generation(model=self.model, loop=asyncio.get_running_loop(), on_cancel=cancel.set)
         with self._lock:

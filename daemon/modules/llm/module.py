@@ -16,6 +16,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bus.errors import BadRequest
+from bus.sampling import check_sampling
 from bus.service import Call
 from daemon.module import Module, method
 from daemon.modules.llm import models
@@ -47,8 +49,12 @@ class LLMModule(Module):
         """The model and the backend's own options (the checked table without the keys the module keeps)."""
         cfg = dict(self.ctx.config)
         model = cfg.pop("model")
-        for key in ("sampling", "max_pending", "preload"):
+        for key in ("max_pending", "preload"):
             cfg.pop(key)
+        try:
+            check_sampling(cfg.pop("sampling"))
+        except BadRequest as exc:  # what a JSON schema cannot see (NaN)
+            raise ValueError(f"modules.{self.name}.sampling: {exc.message}") from None
         return model, cfg
 
     async def load(self) -> None:

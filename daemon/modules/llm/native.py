@@ -3,9 +3,10 @@
 One engine thread per model does all of its torch work — loading, quantizing, compiling the decode step, then
 serving the scheduler until unload — so the loop keeps serving meanwhile, and torch's OpenMP runtime sees a
 single team of threads (two teams on a small box cost a third of the decode speed: ``Scheduler.run``). Each
-generation is one ``engine.scheduler`` request; its handle feeds an ``asyncio.Queue`` on our loop through
-``call_soon_threadsafe``, which ``NativeGeneration`` reads directly — no extra hop, no polling. ``cancel()``
-sets the handle's flag, which the scheduler checks before its next decode step.
+generation is one ``engine.scheduler`` request whose handle calls a listener on the engine thread; the listener
+only passes each event to the ``Generation`` (the one bridge to the loop, ``base``), so nothing on the loop
+touches the request's state or a tensor. ``cancel()`` sets the handle's flag, which the scheduler checks before
+its next decode step.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import asyncio
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bus import paths
-from daemon.modules.llm.base import Backend, Generation, Item
+from bus.sampling import complete_sampling
+from daemon.modules.llm.base import Backend, Generation, Prompt
 from daemon.modules.llm.config import QUANTIZE_MODES
+from engine.usage import Usage
 
 if TYPE_CHECKING:
     from engine.compile import BackgroundCompile
-    from engine.scheduler import RequestHandle, Scheduler
+    from engine.scheduler import Scheduler
     from engine.tokenizer import Tokenizer
 
 log = logging.getLogger("enigma.llm.native")
@@ -57,31 +61,18 @@ def resolve_model_path(model: str, data_dir: Path) -> Path:
     return Path(ModelStore(data_dir).resolve(model))
 
 
-class NativeGeneration(Generation):
-    """A ``Generation`` reading the scheduler handle's own asyncio queue."""
+def _listener(gen: Generation) -> Callable[[Any, int], None]:
+    """What the scheduler calls on the engine thread with each event of one request: hand it to ``gen``."""
 
-    handle: RequestHandle
-    _aq: asyncio.Queue[Any]
-
-    async def _next_item(self) -> Item:
-        from engine.generate import Usage as EngineUsage
-
-        ev = await self._aq.get()
+    def on_event(ev: Any, tokens: int) -> None:
         if isinstance(ev, str):
-            # Deltas are whole characters; several tokens may make one delta, so count from the request state.
-            done = len(self.handle.state.completion)
-            tokens, self._counted = done - self._counted, done
-            return Item("text", text=ev, tokens=max(tokens, 1))
-        if isinstance(ev, EngineUsage):
-            return Item(
-                "done",
-                finish_reason=ev.finish_reason,
-                prompt_tokens=ev.prompt_tokens,
-                completion_tokens=ev.completion_tokens,
-            )
-        return Item("error", error=ev)
+            gen.feed(ev, tokens)
+        elif isinstance(ev, Usage):
+            gen.finish(ev.finish_reason, ev.prompt_tokens, ev.completion_tokens, usage=ev)
+        else:
+            gen.fail(ev)
 
-    _counted: int = 0
+    return on_event
 
 
 class NativeBackend(Backend):
@@ -259,19 +250,31 @@ class NativeBackend(Backend):
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return self._tok().apply_chat_template(messages, add_generation_prompt=True)
 
+    def prepare_chat(self, messages: list[dict[str, str]]) -> Prompt:
+        tok = self._tok()
+        text = tok.apply_chat_template(messages, add_generation_prompt=True)
+        ids = tok.encode(text, add_bos=tok.add_bos)
+        return Prompt(messages, len(ids), text, ids)
+
     def generate(self, prompt: str, sampling: dict[str, Any]) -> Generation:
+        tok = self._tok()
+        return self._submit(tok.encode(prompt, add_bos=tok.add_bos), sampling)
+
+    def chat(self, prompt: Prompt, sampling: dict[str, Any]) -> Generation:
+        if prompt.ids is None:
+            return super().chat(prompt, sampling)
+        return self._submit(prompt.ids, sampling)
+
+    def _submit(self, ids: list[int], sampling: dict[str, Any]) -> Generation:
         from engine.sampling import SamplingParams
 
         if self.scheduler is None:
             raise RuntimeError("the model is not loaded")
-        tok = self._tok()
-        params = SamplingParams(**sampling)
-        ids = tok.encode(prompt, add_bos=tok.add_bos)
-        loop = asyncio.get_running_loop()
+        params = SamplingParams(**complete_sampling(sampling))
         handle = self.scheduler.submit(ids, params)
-        gen = NativeGeneration(model=self.model, loop=loop, prompt_tokens=len(ids), on_cancel=handle.cancel)
-        gen.handle = handle
-        gen._aq = handle.attach(loop)
+        gen = Generation(model=self.model, loop=asyncio.get_running_loop(), prompt_tokens=len(ids))
+        gen.on_cancel = handle.cancel
+        handle.listen(_listener(gen))
         return gen
 
     def load_stats(self) -> dict[str, int]:

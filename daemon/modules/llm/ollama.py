@@ -14,9 +14,9 @@ import logging
 from typing import Any, ClassVar, Final
 
 from bus.errors import NotFound, Unavailable
-from daemon.modules.llm.base import Backend, Generation
+from bus.sampling import DEFAULT_MAX_TOKENS
+from daemon.modules.llm.base import Backend, Generation, Prompt
 from daemon.modules.llm.httpjson import Endpoint, JsonStream, request_json
-from daemon.sampling import DEFAULT_MAX_TOKENS
 
 log = logging.getLogger("enigma.llm.ollama")
 
@@ -84,8 +84,9 @@ class OllamaBackend(Backend):
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
 
-    def count_chat_tokens(self, messages: list[dict[str, str]]) -> int:
-        return sum(self.count_tokens(m["content"]) + 4 for m in messages)
+    def prepare_chat(self, messages: list[dict[str, str]]) -> Prompt:
+        # /api/chat renders the template itself: the messages travel as they are, measured by estimate.
+        return Prompt(messages, sum(self.count_tokens(m["content"]) + 4 for m in messages))
 
     def load_stats(self) -> dict[str, int]:
         return {"queue": 0, "active": len(self._tasks)}
@@ -103,14 +104,14 @@ class OllamaBackend(Backend):
         }
         return self._start("/api/generate", body, "response", self.count_tokens(prompt))
 
-    def chat(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> Generation:
+    def chat(self, prompt: Prompt, sampling: dict[str, Any]) -> Generation:
         body = {
             "model": self.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "messages": [{"role": m["role"], "content": m["content"]} for m in prompt.messages],
             "stream": True,
             "options": ollama_options(sampling, self.context_length),
         }
-        return self._start("/api/chat", body, "message", self.count_chat_tokens(messages))
+        return self._start("/api/chat", body, "message", prompt.tokens)
 
     def _start(self, path: str, body: dict[str, Any], field: str, prompt_estimate: int) -> Generation:
         gen = Generation(model=self.model, loop=asyncio.get_running_loop(), prompt_tokens=prompt_estimate)

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bus.errors import BadRequest, BusError, Busy, Unavailable
+from bus.sampling import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, check_sampling, merge_sampling, pick_sampling
 from bus.service import Call
 from daemon.module import method
 from daemon.modules.llm.base import Backend, Generation, as_bus_error
 from daemon.modules.llm.context import fit_context, reply_reserve
-from daemon.sampling import DEFAULT_MAX_TOKENS, SAMPLING_PROPERTIES, merge_sampling, pick_sampling
+from daemon.topics import LLM_STATE
 
 log = logging.getLogger("enigma.llm")
 
 # {"state": "standby"|"loading"|"ready"|"busy"|"failed"|"unloaded", "backend", "model", "queue", "active",
 #  "error"?}; "standby" = configured to load at the first request and not loaded yet.
-LLM_STATE: Final = "llm.state"
 
 GENERATE_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -195,10 +195,14 @@ class LLMService:
         self._check_ready()
         window = self.backend.context_length
         reserve = reply_reserve(window, sampling["max_tokens"])
-        fitted = await asyncio.to_thread(fit_context, messages, self.backend.count_chat_tokens, window, reserve)
+        backend = self.backend
+        # Each candidate is rendered and tokenized once; the one that fits is what the model runs.
+        fitted = await asyncio.to_thread(
+            fit_context, messages, backend.prepare_chat, window, reserve, lambda p: p.tokens
+        )
         # What is left of the window after the prompt bounds the reply (the reserve guarantees at least that).
         sampling["max_tokens"] = max(1, min(sampling["max_tokens"], window - fitted.prompt_tokens))
-        end = await self._stream(call, lambda: self.backend.chat(fitted.messages, sampling))
+        end = await self._stream(call, lambda: backend.chat(fitted.prompt, sampling))
         end["usage"]["context"] = fitted.usage()
         return end
 
@@ -221,7 +225,8 @@ class LLMService:
 
     # -- the one streaming path -------------------------------------------------------------------------------
     def _sampling(self, body: dict[str, Any]) -> dict[str, Any]:
-        return merge_sampling(self.defaults, pick_sampling(body))
+        # The hub's schema has checked the request's keys already, but a JSON schema lets NaN through.
+        return check_sampling(merge_sampling(self.defaults, pick_sampling(body)))
 
     def _check_ready(self) -> None:
         if self.state not in ("ready", "busy") and not (self.state == "loading" and self._switching.locked()):
@@ -240,8 +245,11 @@ class LLMService:
         self.inflight += 1
         self._activity_changed()
         try:
+            counted = 0
             async for delta in gen:
-                await call.emit({"text": delta})
+                # ``tokens``: how many generated tokens the delta stands for (a character may need several).
+                tokens, counted = gen.tokens - counted, gen.tokens
+                await call.emit({"text": delta, "tokens": tokens})
         except asyncio.CancelledError:
             gen.cancel()
             self.counters.cancelled += 1

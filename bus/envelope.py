@@ -139,6 +139,16 @@ def _salvage_id(obj: Any) -> str | None:
     return None
 
 
+def _type(value: Any) -> str:
+    """The wire type of a decoded value, for messages (``nil`` for a missing key too: the peer sees no difference)."""
+    return "nil" if value is None else type(value).__name__
+
+
+def _brief(value: str) -> str:
+    """A peer's string quoted for a message, cut short: an error must not echo a megabyte back."""
+    return repr(value) if len(value) <= 64 else repr(value[:64]) + "…"
+
+
 def _name(m: dict[str, Any], key: str, salvaged: str | None) -> str:
     value = m.get(key)
     if not isinstance(value, str) or not value:
@@ -149,7 +159,12 @@ def _name(m: dict[str, Any], key: str, salvaged: str | None) -> str:
 
 
 def decode(frame: bytes) -> Envelope:
-    """Decode and validate one frame into an ``Envelope`` or raise ``DecodeError``."""
+    """Decode and validate one frame into an ``Envelope`` or raise ``DecodeError`` — and nothing else.
+
+    Every field's type is checked before the value is used: a list where ``kind`` belongs once reached a set
+    lookup and raised ``TypeError``, which no transport answers. ``bool`` is a subclass of ``int`` and
+    ``1.0 == 1``, so ``v`` is checked by exact type: ``true`` and ``1.0`` are not version 1.
+    """
     if len(frame) > MAX_FRAME:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME}", too_large=True)
     try:
@@ -162,19 +177,26 @@ def decode(frame: bytes) -> Envelope:
         raise DecodeError(f"envelope must be a map, got {type(obj).__name__}")
     sid = _salvage_id(obj)
     if sid is None:
-        raise DecodeError("'id' must be a non-empty string of at most 128 characters")
+        raise DecodeError(f"'id' must be a non-empty string of at most {MAX_NAME} characters")
     v = obj.get("v")
+    if type(v) is not int:
+        raise DecodeError(f"'v' must be an integer, got {_type(v)}", sid)
     if v != VERSION:
-        raise DecodeError(f"unsupported protocol version {v!r}; this side speaks {VERSION}", sid)
+        raise DecodeError(f"unsupported protocol version {v}; this side speaks {VERSION}", sid)
     kind = obj.get("kind")
+    if not isinstance(kind, str):
+        raise DecodeError(f"'kind' must be a string, got {_type(kind)}", sid)
     if kind not in KINDS:
-        raise DecodeError(f"unknown kind {kind!r}", sid)
+        raise DecodeError(f"unknown kind {_brief(kind)}", sid)
     body = obj.get("body", {})
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise DecodeError(f"'body' must be a map, got {type(body).__name__}", sid)
-    env = Envelope(kind=kind, id=sid, body=body)
+    ts = obj.get("ts")
+    if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
+        raise DecodeError(f"'ts' must be a number, got {_type(ts)}", sid)
+    env = Envelope(kind=kind, id=sid, body=body, ts=None if ts is None else float(ts))
     if kind in _NEEDS_REF:
         env.ref = _name(obj, "ref", sid)
     if kind == "request":
@@ -183,10 +205,7 @@ def decode(frame: bytes) -> Envelope:
         env.topic = _name(obj, "topic", sid)
     elif kind == "chunk":
         seq = obj.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        if type(seq) is not int or seq < 0:
             raise DecodeError("'seq' must be a non-negative integer", sid)
         env.seq = seq
-    ts = obj.get("ts")
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        env.ts = float(ts)
     return env

@@ -9,7 +9,6 @@ The allow-list file is re-read when it changes, so ``enigmad keys allow|revoke``
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final
 
 import zmq
@@ -17,7 +16,7 @@ from zmq.utils import z85
 
 from bus.auth import AllowList
 from bus.errors import BusError
-from bus.wire import Pump
+from bus.wire import LogLimiter, Pump
 
 log = logging.getLogger("enigma.bus.zmq")
 
@@ -25,33 +24,11 @@ ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
 ZAP_DOMAIN: Final = b"enigma"
 
 
-class LogLimiter:
-    """Logs a repeated warning at most once per ``every`` seconds, with the count of the ones it swallowed.
-
-    A hostile or misconfigured peer can repeat the same mistake thousands of times a second; the log should
-    say so once in a while, not drown.
-    """
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last = -every
-        self._suppressed = 0
-
-    def warn(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every:
-            self._suppressed += 1
-            return
-        extra = f" ({self._suppressed} similar suppressed)" if self._suppressed else ""
-        self._last, self._suppressed = now, 0
-        log.warning(msg + extra, *args)
-
-
 class ZapHandler:
     def __init__(self, ctx: zmq.Context[Any], allow: AllowList) -> None:
         self.allow = allow
         self.refused = 0
-        self._warn = LogLimiter()
+        self._warn = LogLimiter(log)
         self.sock = ctx.socket(zmq.REP)
         self.sock.linger = 0
         self.sock.bind(ZAP_ENDPOINT)

@@ -44,8 +44,8 @@ from bus.errors import (
     Unavailable,
 )
 from bus.service import Call, Caller, Dispatcher
-from bus.wire import MAX_MSG_SIZE, IdMaker, Packer, Pump, salvage_id_streaming, set_heartbeat
-from bus.zap import ZAP_DOMAIN, LogLimiter, ZapHandler
+from bus.wire import MAX_MSG_SIZE, IdMaker, LogLimiter, Packer, Pump, salvage_id_streaming, set_heartbeat
+from bus.zap import ZAP_DOMAIN, ZapHandler
 
 log = logging.getLogger("enigma.bus.zmq")
 
@@ -127,7 +127,7 @@ class ZmqServer:
         self._ev_wake = asyncio.Event()
         self._probe_wake = asyncio.Event()
         self._closed = asyncio.Event()
-        self._warn_frames = LogLimiter()
+        self._warn_frames = LogLimiter(log)
         self._inflight = 0
         self._stats = {
             "connections": 0,
@@ -299,6 +299,7 @@ class ZmqServer:
 
     def stats(self) -> dict[str, int]:
         s = dict(self._stats)
+        s["errors"] += sum(p.failures for p in self._pumps)  # frames whose handling failed: answered by nobody
         s["clients"] = s["connections"]
         s["inflight"] = self._inflight
         s["queued_events"] = len(self._evq)

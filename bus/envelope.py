@@ -3,6 +3,11 @@
 Everything that comes off a socket goes through ``decode``: it either returns a well-formed ``Envelope`` or
 raises ``DecodeError`` carrying the best ``id`` it could salvage, so the transport can answer the sender with
 an ``error`` envelope instead of staying silent. Unknown keys are ignored (forward compatibility).
+
+Everything that goes onto a socket is built here too, so no call site spells an envelope key: the ``Envelope``
+constructors for code that wants the dataclass, and the ``*_map`` functions for the transports' hot paths,
+which pack a plain map (with ``bus.wire.Packer``, or as JSON on MQTT) without a dataclass per message. Both
+produce the same keys in the same order, so the bytes are the same either way.
 """
 
 from __future__ import annotations
@@ -100,6 +105,40 @@ class Envelope:
     @classmethod
     def cancel(cls, ref: str) -> Envelope:
         return cls("cancel", new_id(), {}, ref=ref)
+
+
+# The hot-path builders: the map ``Envelope(...).to_map()`` would give, without the dataclass.
+def request_map(id: str, method: str, body: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+    """A ``request`` for ``method``; ``ts`` is the sender's clock, omitted when None."""
+    m = {"v": VERSION, "kind": "request", "id": id, "body": body, "method": method}
+    if ts is not None:
+        m["ts"] = ts
+    return m
+
+
+def answer_map(kind: str, id: str, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The closing ``reply`` or ``end`` of request ``ref``."""
+    return {"v": VERSION, "kind": kind, "id": id, "body": body, "ref": ref}
+
+
+def error_map(id: str, ref: str, exc: BusError) -> dict[str, Any]:
+    """The ``error`` that answers request ``ref``: ``{code, message, details?}`` from the exception."""
+    return {"v": VERSION, "kind": "error", "id": id, "body": exc.to_body(), "ref": ref}
+
+
+def chunk_map(id: str, ref: str, seq: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Piece ``seq`` of the stream that answers request ``ref``."""
+    return {"v": VERSION, "kind": "chunk", "id": id, "body": body, "ref": ref, "seq": seq}
+
+
+def event_map(id: str, topic: str, body: dict[str, Any], ts: float) -> dict[str, Any]:
+    """An ``event`` on ``topic``, stamped with the publisher's clock."""
+    return {"v": VERSION, "kind": "event", "id": id, "body": body, "topic": topic, "ts": ts}
+
+
+def cancel_map(id: str, ref: str) -> dict[str, Any]:
+    """Stop request ``ref``; never answered by itself."""
+    return {"v": VERSION, "kind": "cancel", "id": id, "body": {}, "ref": ref}
 
 
 def encode(env: Envelope) -> bytes:

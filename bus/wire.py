@@ -1,8 +1,8 @@
 """Fast paths shared by the ZeroMQ server and client: envelope packing, cheap ids, socket options.
 
 ``bus.envelope`` is the reference codec (and the only decoder). On the hot path the transports build the
-envelope map directly and pack it with a reused ``msgpack.Packer``; the bytes are the same as
-``envelope.encode`` would produce, without a dataclass and an ``os.urandom`` call per message.
+envelope map with its ``*_map`` functions and pack it with a reused ``msgpack.Packer``; the bytes are the same
+as ``envelope.encode`` would produce, without a dataclass and an ``os.urandom`` call per message.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import msgpack
 
-from bus.envelope import MAX_FRAME, MAX_NAME, VERSION
-from bus.errors import BadRequest, BusError, TooLarge
+from bus.envelope import MAX_FRAME, MAX_NAME
+from bus.errors import BadRequest, TooLarge
 
 # ZMQ_MAXMSGSIZE: a frame above this makes libzmq drop the connection. Frames between MAX_FRAME and this still
 # arrive and are answered with ``too_large``, so an honest client that overshoots learns why.
@@ -77,9 +77,6 @@ class Packer:
         if len(data) > MAX_FRAME:
             raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME}")
         return data
-
-    def error_map(self, id_: str, ref: str, exc: BusError) -> dict[str, Any]:
-        return {"v": VERSION, "kind": "error", "id": id_, "body": exc.to_body(), "ref": ref}
 
 
 def salvage_id_streaming(frame: bytes) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from bus.envelope import VERSION
+from bus.envelope import event_map
 from bus.errors import BusError
 from bus.wire import IdMaker, Packer, Pump
 
@@ -59,7 +59,7 @@ class EventFanout:
             if not queue:
                 break
             topic, body = queue.popleft()
-            m = {"v": VERSION, "kind": "event", "id": ids(), "body": body, "topic": topic, "ts": time.time()}
+            m = event_map(ids(), topic, body, time.time())
             try:
                 frame = pack(m)
             except BusError as exc:

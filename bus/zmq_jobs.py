@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from bus.envelope import VERSION, Envelope
+from bus.envelope import Envelope, answer_map, chunk_map, error_map
 from bus.errors import BusError, Busy, Cancelled, Conflict, InternalError, Timeout, TooLarge
 from bus.service import Call, Caller, Dispatcher
 from bus.wire import IdMaker, Packer, Pump
@@ -122,7 +122,7 @@ class Jobs:
 
         async def emit(body: dict[str, Any]) -> None:
             nonlocal seq
-            m = {"v": VERSION, "kind": "chunk", "id": self._ids(), "body": body, "ref": ref, "seq": seq}
+            m = chunk_map(self._ids(), ref, seq, body)
             try:
                 frame = self._packer.pack(m)
             except TooLarge:
@@ -139,7 +139,7 @@ class Jobs:
         try:
             try:
                 result = await self._dispatcher.dispatch(call)
-                out = {"v": VERSION, "kind": result.kind, "id": self._ids(), "body": result.body, "ref": ref}
+                out = answer_map(result.kind, self._ids(), ref, result.body)
                 try:
                     frame = self._packer.pack(out)
                 except BusError as exc:
@@ -171,7 +171,7 @@ class Jobs:
 
     def error_frame(self, ref: str, exc: BusError) -> bytes:
         self.stats["errors"] += 1
-        return self._packer.pack(self._packer.error_map(self._ids(), ref, exc))
+        return self._packer.pack(error_map(self._ids(), ref, exc))
 
     def send_error(self, header: Header, ref: str, exc: BusError) -> None:
         """Answer ``ref`` with ``exc`` now; dropped (and counted) if the client has SNDHWM answers unread."""

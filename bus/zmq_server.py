@@ -25,7 +25,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from bus.auth import ServerAuth, is_loopback
-from bus.envelope import VERSION, DecodeError, Envelope, decode
+from bus.envelope import DecodeError, Envelope, decode, event_map
 from bus.errors import BadRequest, BusError, Unauthorized, Unavailable
 from bus.service import Caller, Dispatcher
 from bus.wire import MAX_MSG_SIZE, IdMaker, LogLimiter, Packer, Pump, salvage_id_streaming
@@ -266,8 +266,8 @@ class ZmqServer:
     def _probe_clients(self) -> None:
         if not self._jobs.clients:
             return
-        heartbeat = {"v": VERSION, "kind": "event", "id": self._ids(), "body": self._heartbeat_body()}
-        self._jobs.probe({**heartbeat, "topic": HEARTBEAT_TOPIC})
+        body = self._heartbeat_body()
+        self._jobs.probe(event_map(self._ids(), HEARTBEAT_TOPIC, body, body["ts"]))
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         ev = parse_monitor_message(frames)

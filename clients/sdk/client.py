@@ -27,7 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from bus.auth import ClientCurve
 from bus.defaults import DEFAULT_HEARTBEAT, events_endpoint, rpc_endpoint
-from bus.envelope import VERSION, DecodeError, Envelope, decode
+from bus.envelope import DecodeError, Envelope, cancel_map, decode, request_map
 from bus.errors import BadRequest, BusError, Timeout, Unavailable
 from bus.wire import MAX_MSG_SIZE, IdMaker, Packer, Pump, set_heartbeat
 from clients.sdk.streams import Event, Stream, Subscription
@@ -255,8 +255,8 @@ class Client:
         self._ensure_open()
         assert self._dealer is not None
         rid = self._ids()
-        m = {"v": VERSION, "kind": "request", "id": rid, "body": body, "method": method, "ts": time.time()}
-        frame = self._packer.pack(m)  # TooLarge / BadRequest before anything is sent
+        # TooLarge / BadRequest before anything is sent
+        frame = self._packer.pack(request_map(rid, method, body, time.time()))
         self._pending[rid] = target
         try:
             async with asyncio.timeout(send_within):
@@ -313,9 +313,9 @@ class Client:
     def _send_cancel(self, rid: str) -> None:
         if not rid or self._dealer is None:
             return
-        m = {"v": VERSION, "kind": "cancel", "id": self._ids(), "body": {}, "ref": rid}
+        frame = self._packer.pack(cancel_map(self._ids(), rid))
         with contextlib.suppress(zmq.ZMQError):  # a cancel that cannot leave now is moot: we are disconnected
-            self._dealer.send(self._packer.pack(m), zmq.NOBLOCK)
+            self._dealer.send(frame, zmq.NOBLOCK)
         if self._rpc_pump is not None:
             self._rpc_pump.kick()
 

@@ -29,6 +29,7 @@ from bus.errors import BadRequest, BusError, Busy, Cancelled, InternalError, Too
 from bus.mqtt_link import MqttLink, MqttSettings, Will, publish_properties, reply_address
 from bus.mqtt_topics import dumps, event_topic, has_wildcard, node_base, request_topic, status_topic
 from bus.service import ROLES, Call, Caller, Dispatcher
+from bus.topics import ROBOT_TELEMETRY, SYS_HEARTBEAT
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("enigma.mqtt.bridge")
 
 
-DEFAULT_EXCLUDE = ("sys.heartbeat", "robot.telemetry")
+DEFAULT_EXCLUDE = (SYS_HEARTBEAT, ROBOT_TELEMETRY)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from bus.mqtt_topics import HA_ROOT, dumps, event_topic, level, robot_topic, status_topic
+from bus.topics import CHAT_MESSAGE
 
 LAST_ANSWER_TEMPLATE = "{{ value_json.body.text[:250] if value_json.body.role == 'assistant' else this.state }}"
 
@@ -57,7 +58,7 @@ def node_discovery(node_id: str) -> list[tuple[str, bytes]]:
             {
                 "name": "Last answer",
                 "unique_id": f"{oid}_last_answer",
-                "state_topic": event_topic(node_id, "chat.message"),
+                "state_topic": event_topic(node_id, CHAT_MESSAGE),
                 "value_template": LAST_ANSWER_TEMPLATE,
                 "icon": "mdi:robot-outline",
                 "availability": [availability],

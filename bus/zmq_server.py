@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -28,14 +28,14 @@ from bus.auth import ServerAuth, is_loopback
 from bus.envelope import DecodeError, Envelope, decode, event_map
 from bus.errors import BadRequest, BusError, Unauthorized, Unavailable
 from bus.service import Caller, Dispatcher
+from bus.states import Lifecycle
+from bus.topics import SYS_HEARTBEAT
 from bus.wire import MAX_MSG_SIZE, IdMaker, LogLimiter, Packer, Pump, salvage_id_streaming
 from bus.zmq_events import EventFanout
 from bus.zmq_jobs import Header, Jobs, Peer
 from bus.zmq_sockets import ServerSockets, check_exposure
 
 log = logging.getLogger("enigma.bus.zmq")
-
-HEARTBEAT_TOPIC: Final = "sys.heartbeat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class ZmqServer:
         self._heartbeat = heartbeat
         self._require_curve = require_curve
         self._curve = False
-        self._state = "new"
+        self._state = Lifecycle.NEW
         self._sockets: ServerSockets | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pumps: list[Pump] = []
@@ -102,7 +102,7 @@ class ZmqServer:
 
     async def start(self) -> None:
         """Bind both sockets and start serving; raises ``Forbidden`` for an exposed bind without keys."""
-        if self._state != "new":
+        if self._state is not Lifecycle.NEW:
             raise RuntimeError(f"ZmqServer.start() called in state {self._state}")
         check_exposure(self._auth, {"rpc": self._rpc, "events": self._events})
         local = is_loopback(self._rpc) and is_loopback(self._events)
@@ -110,7 +110,7 @@ class ZmqServer:
         sockets = ServerSockets(self.limits, self._heartbeat, self._auth, self._curve)
         self._endpoints = sockets.open(self._rpc, self._events)
         self._sockets = sockets
-        self._state = "running"
+        self._state = Lifecycle.OPEN
         assert sockets.router is not None
         assert sockets.xpub is not None
         assert sockets.monitor is not None
@@ -131,14 +131,14 @@ class ZmqServer:
 
     async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (agreed interface)
         """Stop accepting, end in-flight work with ``cancelled``, flush events, close. Safe to call twice."""
-        if self._state in ("closing", "closed"):
+        if self._state in (Lifecycle.CLOSING, Lifecycle.CLOSED):
             await self._closed.wait()
             return
-        if self._state == "new":
-            self._state = "closed"
+        if self._state is Lifecycle.NEW:
+            self._state = Lifecycle.CLOSED
             self._closed.set()
             return
-        self._state = "closing"
+        self._state = Lifecycle.CLOSING
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self._remove_listener is not None:
@@ -159,7 +159,7 @@ class ZmqServer:
             # Give queued answers up to a second (within the deadline, but never less than a quarter) to leave.
             self._sockets.close(linger=int(max(0.25, min(1.0, deadline - loop.time())) * 1000))
             await asyncio.to_thread(self._sockets.term)
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
         self._closed.set()
         log.info("closed rpc=%s events=%s", self._endpoints.get("rpc"), self._endpoints.get("events"))
 
@@ -244,7 +244,7 @@ class ZmqServer:
     def _on_request(self, header: Header, env: Envelope, key: str | None) -> None:
         self._stats["requests"] += 1
         rid = header[0]
-        if self._state != "running":
+        if self._state is not Lifecycle.OPEN:
             self._jobs.send_error(header, env.id, Unavailable("the server is shutting down"))
             return
         cl = self._jobs.client(rid)
@@ -267,7 +267,7 @@ class ZmqServer:
         if not self._jobs.clients:
             return
         body = self._heartbeat_body()
-        self._jobs.probe(event_map(self._ids(), HEARTBEAT_TOPIC, body, body["ts"]))
+        self._jobs.probe(event_map(self._ids(), SYS_HEARTBEAT, body, body["ts"]))
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         ev = parse_monitor_message(frames)
@@ -284,7 +284,7 @@ class ZmqServer:
             now = loop.time()
             if now >= next_beat:
                 next_beat = now + self._heartbeat
-                self._fanout.enqueue(HEARTBEAT_TOPIC, self._heartbeat_body())
+                self._fanout.enqueue(SYS_HEARTBEAT, self._heartbeat_body())
                 self._reload_allow_list()
             self._probe_clients()
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that races the event being set,

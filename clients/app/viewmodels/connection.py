@@ -30,6 +30,7 @@ from typing import Any
 from bus.auth import ClientCurve, check_key, fingerprint
 from bus.defaults import DEFAULT_HEARTBEAT
 from bus.errors import BusError, Unavailable
+from bus.topics import SYS, SYS_HEARTBEAT, SYS_STARTED, SYS_STOPPING
 from clients.app.store import AppStore, DaemonEntry, DiscoveredDaemon
 from clients.app.viewmodels.address import parse_address
 from clients.app.viewmodels.base import Observable
@@ -231,7 +232,7 @@ class ConnectionVM(Observable):
     async def _watch_link(self, client: Client) -> None:
         """Follow ``sys.`` events and probes until the link needs a fresh client (``_Resync``)."""
         stale_after = 3 * self.heartbeat + 0.5
-        async with client.subscribe("sys.") as sys_events, client.subscribe(SYNC_TOPIC) as sync_events:
+        async with client.subscribe(SYS) as sys_events, client.subscribe(SYNC_TOPIC) as sync_events:
             await self._probe(client)
             events = asyncio.Queue[Event]()
             feeders = [self.spawn(self._feed(s, events)) for s in (sys_events, sync_events)]
@@ -252,11 +253,11 @@ class ConnectionVM(Observable):
                         if await self._probe(client) and self._synced.is_set():
                             unanswered = max(unanswered, 1)  # the daemon answers, its events stopped: check
                         continue
-                    if ev.topic in ("sys.heartbeat", "sys.started"):
+                    if ev.topic in (SYS_HEARTBEAT, SYS_STARTED):
                         await self._alive(client, ev.body)
                         if self._synced.is_set():
                             unanswered = 0
-                    elif ev.topic == "sys.stopping":
+                    elif ev.topic == SYS_STOPPING:
                         self._synced.clear()
                         self._set(RECONNECTING, f"the daemon is stopping ({ev.body.get('reason', 'shutdown')})")
                     elif ev.topic == SYNC_TOPIC and ev.body.get("nonce") == self._nonce:

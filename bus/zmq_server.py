@@ -114,8 +114,6 @@ class ZmqServer:
         assert sockets.router is not None
         assert sockets.xpub is not None
         assert sockets.monitor is not None
-        if sockets.zap is not None:  # first: no handshake may wait on an admission nobody answers
-            sockets.zap.start()
         self._rpc_pump = Pump(sockets.router, self._on_frames, copy=not self._curve, name="rpc")
         self._jobs.router, self._jobs.pump = sockets.router, self._rpc_pump
         self._fanout.xpub = sockets.xpub

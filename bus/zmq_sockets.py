@@ -2,7 +2,7 @@
 
 A ROUTER for requests, an XPUB for events and a monitor on the ROUTER (connections come and go), all in one
 context; with CURVE, every socket is a CURVE server in the ``enigma`` ZAP domain and the ``ZapHandler`` that
-admits keys is bound first, so no handshake waits on an admission nobody answers. Binding a non-loopback
+admits keys is bound and answering first, so no handshake waits on an admission nobody answers. Binding a non-loopback
 address without keys is refused before any socket exists.
 """
 
@@ -56,6 +56,7 @@ class ServerSockets:
                 assert self._auth is not None
                 self._auth.allow.load()
                 self.zap = ZapHandler(self.ctx, self._auth.allow)
+                self.zap.start()  # before any CURVE socket: no handshake may wait on an admission nobody answers
             self.router = self._socket(zmq.ROUTER)
             self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self.router.sndhwm = self._limits.sndhwm

@@ -3,6 +3,11 @@
 Everything that comes off a socket goes through ``decode``: it either returns a well-formed ``Envelope`` or
 raises ``DecodeError`` carrying the best ``id`` it could salvage, so the transport can answer the sender with
 an ``error`` envelope instead of staying silent. Unknown keys are ignored (forward compatibility).
+
+Everything that goes onto a socket is built here too, so no call site spells an envelope key: the ``Envelope``
+constructors for code that wants the dataclass, and the ``*_map`` functions for the transports' hot paths,
+which pack a plain map (with ``bus.wire.Packer``, or as JSON on MQTT) without a dataclass per message. Both
+produce the same keys in the same order, so the bytes are the same either way.
 """
 
 from __future__ import annotations
@@ -102,6 +107,40 @@ class Envelope:
         return cls("cancel", new_id(), {}, ref=ref)
 
 
+# The hot-path builders: the map ``Envelope(...).to_map()`` would give, without the dataclass.
+def request_map(id: str, method: str, body: dict[str, Any], ts: float | None = None) -> dict[str, Any]:
+    """A ``request`` for ``method``; ``ts`` is the sender's clock, omitted when None."""
+    m = {"v": VERSION, "kind": "request", "id": id, "body": body, "method": method}
+    if ts is not None:
+        m["ts"] = ts
+    return m
+
+
+def answer_map(kind: str, id: str, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The closing ``reply`` or ``end`` of request ``ref``."""
+    return {"v": VERSION, "kind": kind, "id": id, "body": body, "ref": ref}
+
+
+def error_map(id: str, ref: str, exc: BusError) -> dict[str, Any]:
+    """The ``error`` that answers request ``ref``: ``{code, message, details?}`` from the exception."""
+    return {"v": VERSION, "kind": "error", "id": id, "body": exc.to_body(), "ref": ref}
+
+
+def chunk_map(id: str, ref: str, seq: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Piece ``seq`` of the stream that answers request ``ref``."""
+    return {"v": VERSION, "kind": "chunk", "id": id, "body": body, "ref": ref, "seq": seq}
+
+
+def event_map(id: str, topic: str, body: dict[str, Any], ts: float) -> dict[str, Any]:
+    """An ``event`` on ``topic``, stamped with the publisher's clock."""
+    return {"v": VERSION, "kind": "event", "id": id, "body": body, "topic": topic, "ts": ts}
+
+
+def cancel_map(id: str, ref: str) -> dict[str, Any]:
+    """Stop request ``ref``; never answered by itself."""
+    return {"v": VERSION, "kind": "cancel", "id": id, "body": {}, "ref": ref}
+
+
 def encode(env: Envelope) -> bytes:
     """Encode an envelope; refuses to produce a frame the peer would reject as too large."""
     try:
@@ -139,6 +178,16 @@ def _salvage_id(obj: Any) -> str | None:
     return None
 
 
+def _type(value: Any) -> str:
+    """The wire type of a decoded value, for messages (``nil`` for a missing key too: the peer sees no difference)."""
+    return "nil" if value is None else type(value).__name__
+
+
+def _brief(value: str) -> str:
+    """A peer's string quoted for a message, cut short: an error must not echo a megabyte back."""
+    return repr(value) if len(value) <= 64 else repr(value[:64]) + "…"
+
+
 def _name(m: dict[str, Any], key: str, salvaged: str | None) -> str:
     value = m.get(key)
     if not isinstance(value, str) or not value:
@@ -149,7 +198,12 @@ def _name(m: dict[str, Any], key: str, salvaged: str | None) -> str:
 
 
 def decode(frame: bytes) -> Envelope:
-    """Decode and validate one frame into an ``Envelope`` or raise ``DecodeError``."""
+    """Decode and validate one frame into an ``Envelope`` or raise ``DecodeError`` — and nothing else.
+
+    Every field's type is checked before the value is used: a list where ``kind`` belongs once reached a set
+    lookup and raised ``TypeError``, which no transport answers. ``bool`` is a subclass of ``int`` and
+    ``1.0 == 1``, so ``v`` is checked by exact type: ``true`` and ``1.0`` are not version 1.
+    """
     if len(frame) > MAX_FRAME:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME}", too_large=True)
     try:
@@ -162,19 +216,26 @@ def decode(frame: bytes) -> Envelope:
         raise DecodeError(f"envelope must be a map, got {type(obj).__name__}")
     sid = _salvage_id(obj)
     if sid is None:
-        raise DecodeError("'id' must be a non-empty string of at most 128 characters")
+        raise DecodeError(f"'id' must be a non-empty string of at most {MAX_NAME} characters")
     v = obj.get("v")
+    if type(v) is not int:
+        raise DecodeError(f"'v' must be an integer, got {_type(v)}", sid)
     if v != VERSION:
-        raise DecodeError(f"unsupported protocol version {v!r}; this side speaks {VERSION}", sid)
+        raise DecodeError(f"unsupported protocol version {v}; this side speaks {VERSION}", sid)
     kind = obj.get("kind")
+    if not isinstance(kind, str):
+        raise DecodeError(f"'kind' must be a string, got {_type(kind)}", sid)
     if kind not in KINDS:
-        raise DecodeError(f"unknown kind {kind!r}", sid)
+        raise DecodeError(f"unknown kind {_brief(kind)}", sid)
     body = obj.get("body", {})
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise DecodeError(f"'body' must be a map, got {type(body).__name__}", sid)
-    env = Envelope(kind=kind, id=sid, body=body)
+    ts = obj.get("ts")
+    if ts is not None and (not isinstance(ts, int | float) or isinstance(ts, bool)):
+        raise DecodeError(f"'ts' must be a number, got {_type(ts)}", sid)
+    env = Envelope(kind=kind, id=sid, body=body, ts=None if ts is None else float(ts))
     if kind in _NEEDS_REF:
         env.ref = _name(obj, "ref", sid)
     if kind == "request":
@@ -183,10 +244,7 @@ def decode(frame: bytes) -> Envelope:
         env.topic = _name(obj, "topic", sid)
     elif kind == "chunk":
         seq = obj.get("seq")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        if type(seq) is not int or seq < 0:
             raise DecodeError("'seq' must be a non-negative integer", sid)
         env.seq = seq
-    ts = obj.get("ts")
-    if isinstance(ts, int | float) and not isinstance(ts, bool):
-        env.ts = float(ts)
     return env

@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bus.envelope import MAX_NAME, new_id
+from bus.envelope import MAX_NAME, answer_map, chunk_map, error_map, event_map, new_id
 from bus.errors import BadRequest, BusError, Busy, Cancelled, InternalError, TooLarge
 from bus.mqtt_link import MqttLink, MqttSettings, Will, publish_properties, reply_address
 from bus.mqtt_topics import dumps, event_topic, has_wildcard, node_base, request_topic, status_topic
 from bus.service import ROLES, Call, Caller, Dispatcher
+from bus.topics import ROBOT_TELEMETRY, SYS_HEARTBEAT
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("enigma.mqtt.bridge")
 
 
-DEFAULT_EXCLUDE = ("sys.heartbeat", "robot.telemetry")
+DEFAULT_EXCLUDE = (SYS_HEARTBEAT, ROBOT_TELEMETRY)
 
 
 @dataclass
@@ -227,7 +228,7 @@ class MqttBridge:
         route = self._route(topic)
         if route is None:
             return
-        payload = dumps({"v": 1, "kind": "event", "id": new_id(), "topic": topic, "ts": time.time(), "body": body})
+        payload = dumps(event_map(new_id(), topic, body, time.time()))
         self._stats["events"] += 1
         self.link.publish_nowait(route[0], payload, route[1])
 
@@ -318,12 +319,11 @@ class MqttBridge:
         return None, method, body
 
     def _send(self, topic: str, correlation: bytes | None, env: dict[str, Any]) -> None:
-        env = {"v": 1, "id": new_id(), **env}
         self.link.publish_nowait(topic, dumps(env), self.config.qos_rpc, False, publish_properties(correlation))
 
     def _send_error(self, topic: str, correlation: bytes | None, rid: str, error: BusError) -> None:
         self._stats["errors"] += 1
-        self._send(topic, correlation, {"kind": "error", "ref": rid, "body": error.to_body()})
+        self._send(topic, correlation, error_map(new_id(), rid, error))
 
     async def _serve(
         self,
@@ -340,22 +340,22 @@ class MqttBridge:
 
         async def emit(chunk: dict[str, Any]) -> None:
             nonlocal seq
-            env = {"v": 1, "kind": "chunk", "id": new_id(), "ref": rid, "seq": seq, "body": chunk}
+            env = chunk_map(new_id(), rid, seq, chunk)
             seq += 1
             await self.link.publish(response, dumps(env), self.config.qos_rpc, False, props)
 
         out: dict[str, Any]
         try:
             result = await self.dispatcher.dispatch(Call(rid, method, body, caller, emit))
-            out = {"kind": result.kind, "ref": rid, "body": result.body}
+            out = answer_map(result.kind, new_id(), rid, result.body)
         except asyncio.CancelledError:
             self._send_error(response, correlation, rid, Cancelled(f"{method} was cancelled"))
             raise
         except BusError as exc:
-            out = {"kind": "error", "ref": rid, "body": exc.to_body()}
+            out = error_map(new_id(), rid, exc)
         except Exception as exc:
             log.exception("MQTT call %s failed", method)
-            out = {"kind": "error", "ref": rid, "body": InternalError(f"{method} failed: {exc}").to_body()}
+            out = error_map(new_id(), rid, InternalError(f"{method} failed: {exc}"))
         finally:
             self._calls.pop(key, None)
         if out["kind"] == "error":

@@ -27,6 +27,7 @@ from bus.mqtt_topics import (
     robot_topic,
     status_topic,
 )
+from bus.topics import CHAT_MESSAGE
 
 LAST_ANSWER_TEMPLATE = "{{ value_json.body.text[:250] if value_json.body.role == 'assistant' else this.state }}"
 
@@ -69,7 +70,7 @@ def node_discovery(node_id: str) -> list[tuple[str, bytes]]:
             {
                 "name": "Last answer",
                 "unique_id": f"{oid}_last_answer",
-                "state_topic": event_topic(node_id, "chat.message"),
+                "state_topic": event_topic(node_id, CHAT_MESSAGE),
                 "value_template": LAST_ANSWER_TEMPLATE,
                 "icon": "mdi:robot-outline",
                 "availability": [availability],

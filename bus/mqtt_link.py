@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import itertools
 import logging
 import ssl
@@ -28,19 +27,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from bus.errors import BadRequest, Unavailable
+from bus.states import LinkState
 
 if TYPE_CHECKING:
     import aiomqtt
     from paho.mqtt.properties import Properties
 
 log = logging.getLogger("enigma.mqtt")
-
-
-class LinkState(enum.StrEnum):
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @dataclass(slots=True)

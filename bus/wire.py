@@ -1,24 +1,50 @@
 """Fast paths shared by the ZeroMQ server and client: envelope packing, cheap ids, socket options.
 
 ``bus.envelope`` is the reference codec (and the only decoder). On the hot path the transports build the
-envelope map directly and pack it with a reused ``msgpack.Packer``; the bytes are the same as
-``envelope.encode`` would produce, without a dataclass and an ``os.urandom`` call per message.
+envelope map with its ``*_map`` functions and pack it with a reused ``msgpack.Packer``; the bytes are the same
+as ``envelope.encode`` would produce, without a dataclass and an ``os.urandom`` call per message.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import time
 from typing import Any, Final
 
 import msgpack
 
-from bus.envelope import MAX_FRAME, MAX_NAME, VERSION
-from bus.errors import BadRequest, BusError, TooLarge
+from bus.envelope import MAX_FRAME, MAX_NAME
+from bus.errors import BadRequest, TooLarge
 
 # ZMQ_MAXMSGSIZE: a frame above this makes libzmq drop the connection. Frames between MAX_FRAME and this still
 # arrive and are answered with ``too_large``, so an honest client that overshoots learns why.
 MAX_MSG_SIZE: Final = MAX_FRAME + 1024 * 1024
+
+
+class LogLimiter:
+    """Logs a repeated warning at most once per ``every`` seconds, with the count of the ones it swallowed.
+
+    A hostile or misconfigured peer can repeat the same mistake thousands of times a second; the log should
+    say so once in a while, not drown. (2000 frames that each logged a traceback once added 882 KB to a log.)
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self.logger = logger
+        self.every = every
+        self._last = -every
+        self._suppressed = 0
+
+    def warn(self, msg: str, *args: Any, exc_info: bool = False) -> None:
+        """Log ``msg`` (with the current exception's trace when ``exc_info``) unless one was logged lately."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._suppressed += 1
+            return
+        extra = f" ({self._suppressed} similar suppressed)" if self._suppressed else ""
+        self._last, self._suppressed = now, 0
+        self.logger.warning(msg + extra, *args, exc_info=exc_info)
 
 
 class IdMaker:
@@ -51,9 +77,6 @@ class Packer:
         if len(data) > MAX_FRAME:
             raise TooLarge(f"frame of {len(data)} bytes exceeds the limit of {MAX_FRAME}")
         return data
-
-    def error_map(self, id_: str, ref: str, exc: BusError) -> dict[str, Any]:
-        return {"v": VERSION, "kind": "error", "id": id_, "body": exc.to_body(), "ref": ref}
 
 
 def salvage_id_streaming(frame: bytes) -> str | None:
@@ -93,6 +116,9 @@ class Pump:
     the socket can consume the FD's signal, so the owner calls ``kick()`` after sending; it schedules one more
     drain. This is the pattern libzmq documents for ``ZMQ_FD``, and it is several times cheaper than
     ``zmq.asyncio`` on a busy socket.
+
+    ``on_message`` is expected never to raise; if it does, the message is counted in ``failures`` and the
+    trace logged at most once per ten seconds, so a peer that found a bug cannot flood the log with it.
     """
 
     def __init__(
@@ -112,6 +138,8 @@ class Pump:
         self._budget = budget
         self._name = name
         self._loop = asyncio.get_running_loop()
+        self.failures = 0
+        self._warn = LogLimiter(logging.getLogger("enigma.bus"))
         self._scheduled = False
         self._closed = False
         self._fd = sock.FD
@@ -140,9 +168,8 @@ class Pump:
             try:
                 on_message(frames)
             except Exception:
-                import logging
-
-                logging.getLogger("enigma.bus").exception("failed to handle a message on %s", self._name)
+                self.failures += 1
+                self._warn.warn("failed to handle a message on %s", self._name, exc_info=True)
         self.kick()  # budget used up: continue after the loop has run everything else once
 
     def close(self) -> None:

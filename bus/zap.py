@@ -1,89 +1,74 @@
-"""CURVE admission: the ZAP handler that lets in only allow-listed keys and names each caller by its key.
+"""CURVE admission: pyzmq's asyncio ZAP authenticator, asking the allow-list about every client key.
 
 libzmq asks a ZAP handler (a REP socket on ``inproc://zeromq.zap.01`` in the same context) about every CURVE
-handshake. We admit a key when it is on the allow-list and answer with the key itself as the ZAP user id, so
-every message from that connection carries it as its ``User-Id`` property; the server turns it into a role.
-The allow-list file is re-read when it changes, so ``enigmad keys allow|revoke`` needs no restart.
+handshake. ``zmq.auth.asyncio.AsyncioAuthenticator`` speaks that protocol; we give it a CURVE callback that
+admits a key when it is on the allow-list. pyzmq then answers with the key itself (Z85) as the ZAP user id, so
+every message from that connection carries it as its ``User-Id`` property, and the server looks the key's
+role up per request: a key revoked after its handshake gets ``unauthorized`` on its next call. The callback
+re-reads the allow-list file when it changed, so ``enigmad keys allow|revoke`` needs no restart.
+
+Only CURVE reaches this handler: every socket in the server's context that names the ``enigma`` ZAP domain is
+a CURVE server, and a peer offering another mechanism fails the handshake before ZAP is asked.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Final
 
 import zmq
-from zmq.utils import z85
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from bus.auth import AllowList
 from bus.errors import BusError
-from bus.wire import Pump
+from bus.wire import LogLimiter
 
 log = logging.getLogger("enigma.bus.zmq")
 
-ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
 ZAP_DOMAIN: Final = b"enigma"
 
 
-class LogLimiter:
-    """Logs a repeated warning at most once per ``every`` seconds, with the count of the ones it swallowed.
+class ZapHandler(AsyncioAuthenticator):
+    """Admits the allow-list's keys; counts and (rate-limited) logs the ones it refuses."""
 
-    A hostile or misconfigured peer can repeat the same mistake thousands of times a second; the log should
-    say so once in a while, not drown.
-    """
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last = -every
-        self._suppressed = 0
-
-    def warn(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every:
-            self._suppressed += 1
-            return
-        extra = f" ({self._suppressed} similar suppressed)" if self._suppressed else ""
-        self._last, self._suppressed = now, 0
-        log.warning(msg + extra, *args)
-
-
-class ZapHandler:
     def __init__(self, ctx: zmq.Context[Any], allow: AllowList) -> None:
-        self.allow = allow
+        # pyzmq logs every handshake at debug level; under our own name, so the daemon's levels apply.
+        super().__init__(ctx, log=logging.getLogger("enigma.bus.zap"))
+        self.allow_list = allow
         self.refused = 0
-        self._warn = LogLimiter()
-        self.sock = ctx.socket(zmq.REP)
-        self.sock.linger = 0
-        self.sock.bind(ZAP_ENDPOINT)
-        self._pump: Pump | None = None
+        self._warn = LogLimiter(log)
+        self._address = ""
+        self.configure_curve_callback(ZAP_DOMAIN.decode(), credentials_provider=self)
 
-    def start(self) -> None:
-        """Start answering (on the running loop); call before any CURVE socket can see a handshake."""
-        self._pump = Pump(self.sock, self._on_request, name="zap")
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        """Note the peer's address for the refusal warning (the CURVE callback is given only the key)."""
+        self._address = msg[3].decode(errors="replace") if len(msg) > 3 else ""
+        await super().handle_zap_message(msg)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's CURVE credentials hook: is the Z85 ``key`` on the allow-list (re-read if its file changed)?
+
+        It must not raise: an exception would end pyzmq's ZAP task, and every later handshake would wait
+        for an answer forever.
+        """
+        try:
+            z85_key = key.decode("ascii")
+            self.reload()
+            if self.allow_list.role_of(z85_key) is not None:
+                return True
+        except Exception:
+            log.exception("refusing a CURVE key: the allow-list could not be consulted")
+            z85_key = repr(key)
+        self.refused += 1
+        self._warn.warn("refused CURVE key %s from %s", z85_key, self._address)
+        return False
 
     def reload(self) -> None:
         """Re-read the allow-list if its file changed; a broken file keeps the previous list in force."""
         try:
-            self.allow.reload_if_changed()
+            self.allow_list.reload_if_changed()
         except BusError as exc:
             log.error("keeping the previous allow-list: %s", exc.message)
 
-    def _on_request(self, msg: list[bytes]) -> None:
-        if len(msg) < 6:
-            return  # libzmq never sends this; nothing to answer without a request id
-        version, request_id, _domain, address, _identity, mechanism = msg[:6]
-        status, text, user = b"400", b"not allowed", b""
-        if version == b"1.0" and mechanism == b"CURVE" and len(msg) == 7:
-            key = z85.encode(msg[6]).decode("ascii")
-            self.reload()
-            if self.allow.role_of(key) is not None:
-                status, text, user = b"200", b"OK", key.encode("ascii")
-            else:
-                self.refused += 1
-                self._warn.warn("refused CURVE key %s from %s", key, address.decode(errors="replace"))
-        self.sock.send_multipart([b"1.0", request_id, status, text, user, b""])
-
     def close(self) -> None:
-        if self._pump is not None:
-            self._pump.close()
-        self.sock.close(linger=0)
+        self.stop()

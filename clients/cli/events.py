@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from bus.topics import SYS_HEARTBEAT
 from clients.cli.exits import Unreachable
 
 if TYPE_CHECKING:
     from clients.cli.context import Context
-
-HEARTBEAT = "sys.heartbeat"
 
 
 def _count(text: str) -> int:
@@ -102,9 +101,9 @@ async def tail(ctx: Context) -> None:
     limit: int | None = ctx.args.count
     if limit == 0:
         return
-    show_heartbeats = bool(prefix) and HEARTBEAT.startswith(prefix)  # asked for by name
+    show_heartbeats = bool(prefix) and SYS_HEARTBEAT.startswith(prefix)  # asked for by name
     printer = _Printer(ctx, limit, show_heartbeats)
-    async with ctx.client() as c, c.subscribe(prefix) as live, c.subscribe(HEARTBEAT) as beats:
+    async with ctx.client() as c, c.subscribe(prefix) as live, c.subscribe(SYS_HEARTBEAT) as beats:
         # Fast path: when the replay alone satisfies --count, there is no need to wait for the subscription.
         if ctx.args.replay and await _replay(ctx, c, printer, ctx.args.replay):
             return
@@ -176,7 +175,7 @@ class _Printer:
         return self._show(topic, body, ts, replayed=False)
 
     def _show(self, topic: str, body: Any, ts: Any, *, replayed: bool) -> bool:
-        if topic == HEARTBEAT and not self.show_heartbeats:
+        if topic == SYS_HEARTBEAT and not self.show_heartbeats:
             return False
         _print(self.ctx, topic, body, ts, replayed=replayed)
         self.shown += 1

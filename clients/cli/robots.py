@@ -82,12 +82,13 @@ async def send(ctx: Context) -> Output:
 
 
 async def watch(ctx: Context) -> None:
-    from clients.cli.events import HEARTBEAT, _wait_subscribed
+    from bus.topics import ROBOT, ROBOT_STATE, SYS_HEARTBEAT
+    from clients.cli.events import _wait_subscribed
     from clients.cli.render import clock, plain
 
-    prefix = "robot." if ctx.args.telemetry else "robot.state"
+    prefix = ROBOT if ctx.args.telemetry else ROBOT_STATE
     r = ctx.render
-    async with ctx.client() as c, c.subscribe(prefix) as events, c.subscribe(HEARTBEAT) as beats:
+    async with ctx.client() as c, c.subscribe(prefix) as events, c.subscribe(SYS_HEARTBEAT) as beats:
         await _wait_subscribed(ctx, beats)  # a heartbeat on our socket: the robot subscription is live too
         if ctx.verbose or (not r.json_mode and r.err.isatty()):
             r.note(f"enigma: watching {'robots' if not ctx.args.id else ctx.args.id} (Ctrl-C to stop)")
@@ -95,7 +96,7 @@ async def watch(ctx: Context) -> None:
             body = ev.body if isinstance(ev.body, dict) else {}
             if ctx.args.id and body.get("id") != ctx.args.id:
                 continue
-            if ev.topic == "robot.state":
+            if ev.topic == ROBOT_STATE:
                 state = str(body.get("state"))
                 online = "online" if body.get("online") else "offline"
                 human = f"{clock(ev.ts)}  {r.bold(str(body.get('id')))} {online} {r.paint(state, state)}"

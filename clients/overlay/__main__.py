@@ -17,11 +17,12 @@ from typing import Any
 from bus.errors import BusError
 from bus.mqtt_client import MqttCaller
 from bus.mqtt_link import MqttSettings
+from bus.topics import CHAT_MESSAGE, VOICE
 from clients.overlay.detect import DEFAULT_RULES, GameDetector, load_rules, make_source
 from clients.overlay.model import Line, OverlayModel, render_line
-from clients.overlay.publisher import GamePublisher
+from clients.overlay.publisher import GAME_STATE, GamePublisher
 
-EVENTS = ("chat.message", "voice.", "game.state")
+EVENTS = (CHAT_MESSAGE, VOICE, GAME_STATE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

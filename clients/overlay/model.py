@@ -12,6 +12,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from bus.topics import CHAT_MESSAGE, VOICE
+from clients.overlay.publisher import GAME_STATE
+
 MAX_TEXT = 500
 
 
@@ -33,12 +36,12 @@ class OverlayModel:
         now = ts if ts is not None else time.time()
         text = body.get("text")
         line: Line | None = None
-        if topic == "chat.message":
+        if topic == CHAT_MESSAGE:
             if body.get("role") == "assistant" and isinstance(text, str) and text.strip():
                 line = Line("answer", _clip(text), now)
-        elif topic.startswith("voice.") and isinstance(text, str) and text.strip():
+        elif topic.startswith(VOICE) and isinstance(text, str) and text.strip():
             line = Line("spoken", _clip(text), now)
-        elif topic == "game.state":
+        elif topic == GAME_STATE:
             name = body.get("name") if isinstance(body.get("name"), str) else None
             if name != self.game:
                 self.game = name

@@ -27,8 +27,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from bus.auth import ClientCurve
 from bus.defaults import DEFAULT_HEARTBEAT, events_endpoint, rpc_endpoint
-from bus.envelope import VERSION, DecodeError, Envelope, decode
+from bus.envelope import DecodeError, Envelope, cancel_map, decode, request_map
 from bus.errors import BadRequest, BusError, Timeout, Unavailable
+from bus.states import Lifecycle
+from bus.topics import SYS_HEARTBEAT
 from bus.wire import MAX_MSG_SIZE, IdMaker, Packer, Pump, set_heartbeat
 from clients.sdk.streams import Event, Stream, Subscription
 
@@ -36,7 +38,6 @@ __all__ = ["Client", "Event", "Stream", "Subscription"]
 
 log = logging.getLogger("enigma.sdk")
 
-HEARTBEAT_TOPIC = "sys.heartbeat"
 LIVE_PROBE_PREFIX = "client.live."  # Subscription.live() publishes here
 _MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -74,7 +75,7 @@ class Client:
         self._max_stream_queue = max_stream_queue
         self._max_event_queue = max_event_queue
         self._on_link = on_link
-        self._state = "new"
+        self._state = Lifecycle.NEW
         self._ctx: zmq.Context[Any] | None = None
         self._dealer: zmq.Socket[bytes] | None = None
         self._sub: zmq.Socket[bytes] | None = None
@@ -103,7 +104,7 @@ class Client:
 
     async def connect(self) -> None:
         """Create the sockets and start connecting; never waits for the daemon (requests do)."""
-        if self._state != "new":
+        if self._state is not Lifecycle.NEW:
             raise RuntimeError(f"Client.connect() called in state {self._state}")
         self._ctx = zmq.Context()
         try:
@@ -111,7 +112,7 @@ class Client:
         except zmq.ZMQError as exc:
             self._destroy()
             raise BadRequest(f"cannot connect to {self.rpc}: {exc.strerror}") from exc
-        self._state = "connected"
+        self._state = Lifecycle.OPEN
 
     def _open_dealer(self) -> None:
         self._dealer = self._socket(zmq.DEALER)
@@ -123,7 +124,7 @@ class Client:
 
     def _replace_dealer(self) -> None:
         """Throw away the request socket and what it queued for a daemon that never answered."""
-        if self._dealer is None or self._state != "connected":
+        if self._dealer is None or self._state is not Lifecycle.OPEN:
             return
         for pump in (self._rpc_pump, self._monitor_pump):
             if pump is not None:
@@ -151,10 +152,10 @@ class Client:
 
     async def close(self) -> None:
         """Cancel what is in flight (telling the server), end subscriptions, close the sockets."""
-        if self._state != "connected":
-            self._state = "closed"
+        if self._state is not Lifecycle.OPEN:
+            self._state = Lifecycle.CLOSED
             return
-        self._state = "closing"
+        self._state = Lifecycle.CLOSING
         for rid, target in list(self._pending.items()):
             self._send_cancel(rid)
             if isinstance(target, Stream):
@@ -165,7 +166,7 @@ class Client:
             s._close_from_client()
         self._destroy()
         self._handshake.set()  # a request waiting for a connection wakes up and sees the client closed
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
 
     def _destroy(self) -> None:
         for pump in self._pumps:
@@ -178,7 +179,7 @@ class Client:
         self._ctx = self._dealer = self._sub = self._monitor = None
 
     def _ensure_open(self) -> None:
-        if self._state != "connected":
+        if self._state is not Lifecycle.OPEN:
             raise Unavailable(f"the client for {self.rpc} is {self._state}; use `async with Client(...)`")
 
     @property
@@ -255,8 +256,8 @@ class Client:
         self._ensure_open()
         assert self._dealer is not None
         rid = self._ids()
-        m = {"v": VERSION, "kind": "request", "id": rid, "body": body, "method": method, "ts": time.time()}
-        frame = self._packer.pack(m)  # TooLarge / BadRequest before anything is sent
+        # TooLarge / BadRequest before anything is sent
+        frame = self._packer.pack(request_map(rid, method, body, time.time()))
         self._pending[rid] = target
         try:
             async with asyncio.timeout(send_within):
@@ -313,9 +314,9 @@ class Client:
     def _send_cancel(self, rid: str) -> None:
         if not rid or self._dealer is None:
             return
-        m = {"v": VERSION, "kind": "cancel", "id": self._ids(), "body": {}, "ref": rid}
+        frame = self._packer.pack(cancel_map(self._ids(), rid))
         with contextlib.suppress(zmq.ZMQError):  # a cancel that cannot leave now is moot: we are disconnected
-            self._dealer.send(self._packer.pack(m), zmq.NOBLOCK)
+            self._dealer.send(frame, zmq.NOBLOCK)
         if self._rpc_pump is not None:
             self._rpc_pump.kick()
 
@@ -331,7 +332,7 @@ class Client:
             log.warning("undecodable answer from %s: %s", self.rpc, exc.message)
             return
         if env.kind == "event":  # the server probes clients with work in flight with heartbeats
-            if env.topic == HEARTBEAT_TOPIC:
+            if env.topic == SYS_HEARTBEAT:
                 self._note_boot(env.body)
             return
         target = self._pending.get(env.ref or "")
@@ -372,7 +373,7 @@ class Client:
         if self._sub is None:
             self._sub = self._socket(zmq.SUB)
             self._sub.connect(self.events)
-            self._filter(HEARTBEAT_TOPIC, +1)  # to notice a restarted daemon
+            self._filter(SYS_HEARTBEAT, +1)  # to notice a restarted daemon
             self._sub_pump = Pump(self._sub, self._on_event, name="events")
             self._pumps.append(self._sub_pump)
         self._subs.append(sub)
@@ -444,7 +445,7 @@ class Client:
             log.warning("undecodable event from %s: %s", self.events, exc.message)
             return
         topic = env.topic
-        if topic == HEARTBEAT_TOPIC:
+        if topic == SYS_HEARTBEAT:
             self._note_boot(env.body)
         ev = Event(topic, env.body, env.ts, env.id)
         for s in self._subs:

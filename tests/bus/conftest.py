@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import pytest
+import zmq
+import zmq.asyncio
 
 from bus.errors import NotFound
 from bus.service import Call
@@ -116,3 +119,38 @@ async def rig() -> AsyncIterator[Rig]:
         yield Rig(hub, server, probes)
     finally:
         await server.close(timeout=2.0)
+
+
+class Raw:
+    """A bare DEALER: frames go out exactly as given, answers are plain msgpack maps."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, kind: int = zmq.DEALER) -> None:
+        self.sock = ctx.socket(kind)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+
+    async def send(self, *frames: bytes) -> None:
+        await self.sock.send_multipart(list(frames))
+
+    async def recv(self, within: float = 5.0) -> dict[str, Any]:
+        """The next answer, skipping heartbeat probes the server sends to clients with work in flight."""
+        while True:
+            frames = await asyncio.wait_for(self.sock.recv_multipart(), within)
+            m = msgpack.unpackb(frames[-1], raw=False)
+            if m.get("kind") != "event":
+                return m
+
+    async def request(self, method: str, body: dict[str, Any] | None = None, id_: str = "r1") -> dict[str, Any]:
+        await self.send(pack({"v": 1, "kind": "request", "id": id_, "method": method, "body": body or {}}))
+        return await self.recv()
+
+
+def pack(m: Any) -> bytes:
+    return msgpack.packb(m, use_bin_type=True)
+
+
+@pytest.fixture
+async def ctx() -> AsyncIterator[zmq.asyncio.Context]:
+    c = zmq.asyncio.Context()
+    yield c
+    c.destroy(linger=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -119,3 +120,42 @@ async def test_loopback_with_auth_but_without_require_curve_stays_plain(tmp_path
             assert (await c.call("t.echo"))["role"] == "admin"
     finally:
         await server.close(timeout=2)
+
+
+async def test_key_allowed_while_running_is_admitted_at_its_handshake_with_its_role(
+    tmp_path: Path, curve_server: ZmqServer, server_keys: KeyPair, keys: dict[str, KeyPair]
+) -> None:
+    editor = AllowList(tmp_path / "allow.json").load()
+    editor.add(keys["stranger"].public, "device", "late-client")
+    editor.save()  # no restart and no heartbeat needed: the handshake re-reads the changed file
+    async with client(curve_server, server_keys, keys["stranger"]) as c:
+        assert (await c.call("sys.ping")) == {"pong": True}
+        with pytest.raises(Forbidden, match="role 'device'"):
+            await c.call("t.echo")
+    assert curve_server.stats()["refused_keys"] == 0
+
+
+async def test_broken_allow_list_keeps_the_previous_one_in_force(
+    tmp_path: Path,
+    curve_server: ZmqServer,
+    server_keys: KeyPair,
+    keys: dict[str, KeyPair],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "allow.json").write_text("{not json")
+    async with client(curve_server, server_keys, keys["user"]) as c:
+        assert (await c.call("t.echo"))["role"] == "user"
+    assert any(r.getMessage().startswith("keeping the previous allow-list: ") for r in caplog.records)
+
+
+async def test_refused_keys_are_counted_and_logged_once_with_key_and_address(
+    curve_server: ZmqServer, server_keys: KeyPair, keys: dict[str, KeyPair], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="enigma.bus.zmq")
+    for _ in range(3):  # three connections, three handshakes, each refused
+        async with client(curve_server, server_keys, keys["stranger"], timeout=0.3) as c:
+            with pytest.raises(Unavailable, match="refused our CURVE key"):
+                await c.call("sys.ping")
+    assert curve_server.stats()["refused_keys"] >= 3
+    warnings = [r.getMessage() for r in caplog.records if r.name == "enigma.bus.zmq" and "refused" in r.getMessage()]
+    assert warnings == [f"refused CURVE key {keys['stranger'].public} from 127.0.0.1"]

@@ -97,7 +97,7 @@ async def test_full_event_queue_drops_oldest_and_counts() -> None:
         for i in range(25):  # all published before the sender task runs once
             hub.publish("flood.x", {"i": i})
         assert server.stats()["dropped"] == 15
-        assert [body["i"] for _, body in server._evq] == list(range(15, 25))
+        assert [body["i"] for _, body in server._fanout.queue] == list(range(15, 25))
     finally:
         await server.close(timeout=2)
 

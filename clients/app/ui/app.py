@@ -34,6 +34,7 @@ from clients.app.store import AppStore, DaemonEntry
 from clients.app.ui import dialogs, widgets
 from clients.app.ui.theme import MODULE_COLOUR, PALETTES, STATE_COLOUR
 from clients.app.viewmodels import ChatLine, ChatVM, ConnectionVM, ModulesVM, SettingsVM, StatusVM
+from clients.app.viewmodels.connection import LinkView
 from clients.app.viewmodels.modules import format_bytes
 
 log = logging.getLogger("enigma.app")
@@ -256,7 +257,7 @@ class EnigmaApp(App):
             self.c_state = getattr(self, f"c_{STATE_COLOUR.get(conn.state, 'muted')}")
             if conn.daemon is not None:
                 self.address_text = conn.daemon.address
-            if conn.state != "connected" and not self.chat.lines:
+            if conn.state != LinkView.CONNECTED and not self.chat.lines:
                 self.chat_hint = f"{conn.state.capitalize()}: {conn.detail}"
         elif what == "discovered":
             self._fill_discovered()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from clients.app.viewmodels.connection import LinkView
+
 Colour = tuple[float, float, float, float]
 
 PALETTES: dict[str, dict[str, Colour]] = {
@@ -35,7 +37,12 @@ PALETTES: dict[str, dict[str, Colour]] = {
     },
 }
 
-STATE_COLOUR = {"connected": "ok", "connecting": "warn", "reconnecting": "warn", "offline": "muted"}
+STATE_COLOUR = {
+    LinkView.CONNECTED: "ok",
+    LinkView.CONNECTING: "warn",
+    LinkView.RECONNECTING: "warn",
+    LinkView.OFFLINE: "muted",
+}
 MODULE_COLOUR = {
     "active": "ok",
     "loaded": "ok",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.errors import BusError, Cancelled, UnknownMethod
+from bus.topics import CHAT_MESSAGE, MODULE_STATE
 from clients.app.viewmodels.base import Observable
 from clients.app.viewmodels.connection import ConnectionVM
 from clients.sdk import Event, Stream
@@ -66,8 +67,8 @@ class ChatVM(Observable):
         self._stream: Stream | None = None
         self._stopping = False  # the user pressed Stop: a `cancelled` end is then "stopped", not "interrupted"
         self._abort = asyncio.Event()  # set when the daemon restarted under a running stream
-        conn.on_event("chat.message", self._on_message)
-        conn.on_event("module.state", self._on_module)
+        conn.on_event(CHAT_MESSAGE, self._on_message)
+        conn.on_event(MODULE_STATE, self._on_module)
         conn.on_online(self._online)
 
     @property

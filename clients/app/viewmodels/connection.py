@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 import shlex
@@ -30,6 +31,7 @@ from typing import Any
 from bus.auth import ClientCurve, check_key, fingerprint
 from bus.defaults import DEFAULT_HEARTBEAT
 from bus.errors import BusError, Unavailable
+from bus.topics import SYS, SYS_HEARTBEAT, SYS_STARTED, SYS_STOPPING
 from clients.app.store import AppStore, DaemonEntry, DiscoveredDaemon
 from clients.app.viewmodels.address import parse_address
 from clients.app.viewmodels.base import Observable
@@ -37,7 +39,16 @@ from clients.sdk import Client, Event
 
 log = logging.getLogger("enigma.app")
 
-OFFLINE, CONNECTING, CONNECTED, RECONNECTING = "offline", "connecting", "connected", "reconnecting"
+
+class LinkView(enum.StrEnum):
+    """The app's view of its daemon link, as the user sees it (the SDK reconnects underneath)."""
+
+    OFFLINE = "offline"  # no daemon chosen, or disconnected on purpose
+    CONNECTING = "connecting"  # never answered yet since this connect
+    CONNECTED = "connected"  # answering and in sync
+    RECONNECTING = "reconnecting"  # was connected; lost it and trying again
+
+
 SYNC_TOPIC = "app.sync"
 SYNC_ATTEMPTS = 4  # probes without an answer on the event socket before the client is replaced
 # The SDK's reasons (``Client.why_down``) for a refused handshake. ZeroMQ does not retry a refused handshake on
@@ -80,7 +91,7 @@ class ConnectionVM(Observable):
         self.heartbeat = heartbeat
         self.request_timeout = request_timeout
         self.device_name = device_name
-        self.state = OFFLINE
+        self.state = LinkView.OFFLINE
         self.detail = "not connected"
         self.daemon: DaemonEntry | None = None
         self.client: Client | None = None
@@ -153,7 +164,7 @@ class ConnectionVM(Observable):
         self.store.save_settings(settings)
         self.boot_id = None
         self.restarts = 0
-        self._set(CONNECTING, f"connecting to {entry.rpc}")
+        self._set(LinkView.CONNECTING, f"connecting to {entry.rpc}")
         self.notify("daemon", entry)
         self._watch = self.spawn(self._run(entry), name="enigma-app-watch")
 
@@ -167,8 +178,8 @@ class ConnectionVM(Observable):
             client, self.client = self.client, None
             await client.close()
         self._synced.clear()
-        if self.state != OFFLINE:
-            self._set(OFFLINE, "not connected")
+        if self.state != LinkView.OFFLINE:
+            self._set(LinkView.OFFLINE, "not connected")
 
     async def aclose(self) -> None:
         await self.disconnect()
@@ -180,7 +191,7 @@ class ConnectionVM(Observable):
         unbind = self.bind(lambda what, _d: changed.set() if what in ("state", "synced") else None)
         try:
             async with asyncio.timeout(timeout):
-                while not (self.state == CONNECTED and self._synced.is_set()):
+                while not (self.state == LinkView.CONNECTED and self._synced.is_set()):
                     changed.clear()
                     await changed.wait()
         except TimeoutError:
@@ -231,14 +242,14 @@ class ConnectionVM(Observable):
     async def _watch_link(self, client: Client) -> None:
         """Follow ``sys.`` events and probes until the link needs a fresh client (``_Resync``)."""
         stale_after = 3 * self.heartbeat + 0.5
-        async with client.subscribe("sys.") as sys_events, client.subscribe(SYNC_TOPIC) as sync_events:
+        async with client.subscribe(SYS) as sys_events, client.subscribe(SYNC_TOPIC) as sync_events:
             await self._probe(client)
             events = asyncio.Queue[Event]()
             feeders = [self.spawn(self._feed(s, events)) for s in (sys_events, sync_events)]
             try:
                 unanswered = 0  # sync probes published since events last proved to flow
                 while True:
-                    checking = self.state == CONNECTED and (not self._synced.is_set() or unanswered > 0)
+                    checking = self.state == LinkView.CONNECTED and (not self._synced.is_set() or unanswered > 0)
                     if checking:
                         if unanswered >= SYNC_ATTEMPTS:
                             raise _Resync
@@ -252,13 +263,14 @@ class ConnectionVM(Observable):
                         if await self._probe(client) and self._synced.is_set():
                             unanswered = max(unanswered, 1)  # the daemon answers, its events stopped: check
                         continue
-                    if ev.topic in ("sys.heartbeat", "sys.started"):
+                    if ev.topic in (SYS_HEARTBEAT, SYS_STARTED):
                         await self._alive(client, ev.body)
                         if self._synced.is_set():
                             unanswered = 0
-                    elif ev.topic == "sys.stopping":
+                    elif ev.topic == SYS_STOPPING:
                         self._synced.clear()
-                        self._set(RECONNECTING, f"the daemon is stopping ({ev.body.get('reason', 'shutdown')})")
+                        reason = ev.body.get("reason", "shutdown")
+                        self._set(LinkView.RECONNECTING, f"the daemon is stopping ({reason})")
                     elif ev.topic == SYNC_TOPIC and ev.body.get("nonce") == self._nonce:
                         unanswered = 0
                         await self._now_synced()
@@ -278,8 +290,8 @@ class ConnectionVM(Observable):
         except BusError as exc:
             self._refused = self._refused or client.why_down.startswith(_REFUSED)
             self._synced.clear()
-            was_up = self.state in (CONNECTED, RECONNECTING)
-            self._set(RECONNECTING if was_up else CONNECTING, exc.message)
+            was_up = self.state in (LinkView.CONNECTED, LinkView.RECONNECTING)
+            self._set(LinkView.RECONNECTING if was_up else LinkView.CONNECTING, exc.message)
             return False
         if self._refused:
             self._refused = False
@@ -297,9 +309,9 @@ class ConnectionVM(Observable):
         if restarted:
             self.restarts += 1
             self._synced.clear()
-        if self.state != CONNECTED or restarted:
+        if self.state != LinkView.CONNECTED or restarted:
             self._synced.clear()
-            self._set(CONNECTED, f"connected to {self.node_id or client.rpc}")
+            self._set(LinkView.CONNECTED, f"connected to {self.node_id or client.rpc}")
             self._nonce = secrets.token_hex(8)
             self._restarted = restarted
             await self._publish_probe(client)

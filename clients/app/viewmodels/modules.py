@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus.errors import BusError
+from bus.topics import MODULE_STATE
 from clients.app.viewmodels.base import Observable
 from clients.app.viewmodels.connection import ConnectionVM
 from clients.sdk import Event
@@ -104,7 +105,7 @@ class ModulesVM(Observable):
         self.conn = conn
         self.rows: list[ModuleRow] = []
         self.pending: set[str] = set()
-        conn.on_event("module.state", self._on_state)
+        conn.on_event(MODULE_STATE, self._on_state)
         conn.on_online(lambda restarted: self.refresh())
 
     def row(self, name: str) -> ModuleRow | None:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from bus.errors import BusError, UnknownMethod
+from bus.topics import LLM_STATE, MODULE_STATE, ROBOT, ROBOT_STATE, ROBOT_TELEMETRY, SYS_LOADED
 from clients.app.viewmodels.base import Observable
 from clients.app.viewmodels.connection import ConnectionVM
 from clients.sdk import Event
@@ -49,10 +50,10 @@ class StatusVM(Observable):
         # Modules that serve llm.stats: the built-in backends, and while the daemon starts up, whatever
         # module.list says declares it (a third-party backend is then recognised as the model too).
         self._llm_modules: set[str] = set(LLM_MODULES)
-        conn.on_event("llm.state", self._on_llm)
-        conn.on_event("robot.", self._on_robot)
-        conn.on_event("module.state", self._on_module)
-        conn.on_event("sys.loaded", lambda ev: self.spawn(self.refresh(), name="enigma-app-status-refresh"))
+        conn.on_event(LLM_STATE, self._on_llm)
+        conn.on_event(ROBOT, self._on_robot)
+        conn.on_event(MODULE_STATE, self._on_module)
+        conn.on_event(SYS_LOADED, lambda ev: self.spawn(self.refresh(), name="enigma-app-status-refresh"))
         conn.on_online(lambda restarted: self.refresh())
 
     # -- derived ----------------------------------------------------------------------------------------------
@@ -190,10 +191,10 @@ class StatusVM(Observable):
         if not isinstance(rid, str):
             return
         before = self.moving
-        if ev.topic == "robot.state":
+        if ev.topic == ROBOT_STATE:
             self.robots[rid] = dict(self.robots.get(rid, {}), **ev.body)
             self.notify("robots", self.robots)
-        elif ev.topic == "robot.telemetry":
+        elif ev.topic == ROBOT_TELEMETRY:
             robot = self.robots.setdefault(rid, {"id": rid, "online": True})
             robot["telemetry"] = ev.body
             if isinstance(ev.body.get("state"), str):

@@ -18,13 +18,13 @@ from bus.envelope import new_id
 from bus.errors import BadRequest, Unavailable, UnknownMethod
 from bus.sampling import SAMPLING_PROPERTIES, SAMPLING_SCHEMA, merge_sampling, pick_sampling
 from bus.service import Call
+from bus.topics import CHAT_MESSAGE
 from daemon.hub import Hub
 from daemon.module import method
 from daemon.modules.chat.store import ChatStore
 from daemon.topics import LLM_STATE
 
 # Every stored (or finalised) message: the message map as ``session.history`` returns it.
-CHAT_MESSAGE: Final = "chat.message"
 
 _ID: Final = {"type": "string", "minLength": 1, "maxLength": 64}
 _NAME: Final = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9_.\-]+$"}

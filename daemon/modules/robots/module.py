@@ -27,13 +27,11 @@ from bus.mqtt_ha import robot_discovery
 from bus.mqtt_link import MqttLink, MqttSettings, publish_properties, reply_address
 from bus.mqtt_topics import ALL_ROBOTS, ROBOT_ROOT, dumps, response_topic, robot_topic
 from bus.service import Call
+from bus.topics import ROBOT_STATE, ROBOT_TELEMETRY
 from daemon.module import Module, method
 
 if TYPE_CHECKING:
     import aiomqtt
-
-ROBOT_STATE = "robot.state"
-ROBOT_TELEMETRY = "robot.telemetry"
 
 ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^/+#]+$"}
 STATE_SCHEMA = {"type": "object", "properties": {"id": ID}, "required": ["id"]}

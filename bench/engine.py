@@ -153,7 +153,7 @@ def _native_decode_steps(model, tok, prompt: list[int], n_decode: int) -> list[t
             t, c = time.perf_counter(), time.process_time()
             tok_ = torch.tensor([[state.last_token]])
             pos = torch.tensor([[state.position]])
-            logits = model(tok_, pos, slot=0, last_only=True)[0, -1]
+            logits = model(tok_, pos, slot=0, last_only=True, length=state.position + 1)[0, -1]
             state.accept(state.sample(logits))
             out.append((time.perf_counter() - t, time.process_time() - c))
     return out
@@ -317,11 +317,11 @@ def step_ms_by_rows(model, levels: list[int], amx: bool, steps: int = 30) -> dic
         for rows in levels:
             tokens, pos = torch.zeros(rows, 1, dtype=torch.long), torch.full((rows, 1), 20, dtype=torch.long)
             for _ in range(3):
-                model(tokens, pos, slot=0, last_only=True)
+                model(tokens, pos, slot=0, last_only=True, length=21)
             times = []
             for _ in range(steps):
                 t = time.perf_counter()
-                model(tokens, pos, slot=0, last_only=True)
+                model(tokens, pos, slot=0, last_only=True, length=21)
                 times.append(time.perf_counter() - t)
             out[rows] = statistics.median(times) * 1000
     kernels.set_amx(True)

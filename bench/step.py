@@ -53,7 +53,7 @@ def main() -> None:
             times = []
             for i in range(args.steps):
                 t0 = time.perf_counter()
-                model(torch.full((rows, 1), 5), torch.full((rows, 1), 16 + i), slot=0, last_only=True)
+                model(torch.full((rows, 1), 5), torch.full((rows, 1), 16 + i), slot=0, last_only=True, length=17 + i)
                 times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1000
 

@@ -259,7 +259,7 @@ def prefill_chunk(model: Transformer, ids: Sequence[int], start: int, slot: int)
     """Run ``ids`` at positions ``start…`` into cache row ``slot``; the logits (V,) of the last position."""
     tokens = torch.tensor([list(ids)], dtype=torch.long)
     pos = torch.arange(start, start + len(ids), dtype=torch.long).unsqueeze(0)
-    return model(tokens, pos, slot=slot, last_only=True)[0, -1]
+    return model(tokens, pos, slot=slot, last_only=True, length=start + len(ids))[0, -1]
 
 
 def generate(
@@ -296,7 +296,7 @@ def generate(
                 break
             tok = torch.tensor([[state.last_token]], dtype=torch.long)
             pos = torch.tensor([[state.position]], dtype=torch.long)
-            logits = model(tok, pos, slot=slot, last_only=True)[0, -1]
+            logits = model(tok, pos, slot=slot, last_only=True, length=state.position + 1)[0, -1]
         if not state.done:
             text = state.cancel()
             if text:

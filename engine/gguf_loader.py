@@ -1,13 +1,11 @@
 """GGUF (llama.cpp's file format) → our model: hyperparameters, weights, tokenizer and chat template.
 
 Reading goes through the ``gguf`` package (``GGUFReader`` maps the file; ``gguf.quants.dequantize`` expands
-quantized blocks), so this module only knows llama.cpp's conventions:
-
-* metadata keys ``<arch>.block_count``, ``<arch>.attention.head_count`` … → ``ModelConfig``;
-* tensor names ``blk.N.attn_q.weight`` … → our parameter names, in one table (``GGUF_NAME_MAP``);
-* llama.cpp's converter permutes the rows of Q and K of llama-family models for its interleaved RoPE, while
-  our model uses the rotate-half layout: ``unpermute_qk`` undoes that, row-wise, so it applies equally to
-  dequantized weights and to raw quantized row blocks (the int8/int4 kernels load blocks directly with it).
+quantized blocks). What differs between architectures — metadata keys → ``ModelConfig``, tensor names → our
+parameters, whether Q/K rows were permuted for llama.cpp's interleaved RoPE — is the family's
+(``engine.families``); this module reads the file, dequantizes, and un-permutes where the family says.
+``unpermute_qk`` works row-wise, so it applies equally to dequantized weights and to raw quantized row blocks
+(the int4 kernels load blocks directly with it, ``engine.quant_gguf``).
 
 Every failure a user can cause with a file (not a GGUF, truncated, unknown architecture, exotic quant type,
 missing tensor) surfaces as an ``EngineError`` naming the file and the problem.
@@ -15,7 +13,6 @@ missing tensor) surfaces as an ``EngineError`` naming the file and the problem.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -23,94 +20,42 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from engine.errors import (
     EngineError,
     ModelFileError,
     ModelNotFound,
     TokenizerError,
-    UnsupportedModel,
     UnsupportedQuantType,
 )
+from engine.families import Family, gguf_family, unpermute_qk
 from engine.model import ModelConfig
 from engine.tokenizer import Tokenizer
-from engine.weights import ModelParts, map_name
+from engine.weights import ModelParts
 
 if TYPE_CHECKING:
     import gguf
 
-SUPPORTED_ARCHS = ("llama", "mistral", "qwen2")
-# Architectures whose converter (convert_hf_to_gguf's LlamaModel) permuted Q/K rows for interleaved RoPE.
-QK_PERMUTED_ARCHS = frozenset(("llama", "mistral"))
-
 SUPPORTED_TENSOR_TYPES = frozenset(
-    ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+    t.name
+    for t in (
+        GGMLQuantizationType.F32,
+        GGMLQuantizationType.F16,
+        GGMLQuantizationType.BF16,
+        GGMLQuantizationType.Q8_0,
+        GGMLQuantizationType.Q4_0,
+        GGMLQuantizationType.Q4_1,
+        GGMLQuantizationType.Q5_0,
+        GGMLQuantizationType.Q5_1,
+        GGMLQuantizationType.Q2_K,
+        GGMLQuantizationType.Q3_K,
+        GGMLQuantizationType.Q4_K,
+        GGMLQuantizationType.Q5_K,
+        GGMLQuantizationType.Q6_K,
+    )
 )
-
-# GGUF tensor name → our parameter name; ``{i}`` is the layer index. The one name table of this format.
-GGUF_NAME_MAP: dict[str, str] = {
-    "token_embd.weight": "tok_embeddings.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "blk.{i}.attn_norm.weight": "layers.{i}.attention_norm.weight",
-    "blk.{i}.attn_q.weight": "layers.{i}.attention.wq.weight",
-    "blk.{i}.attn_k.weight": "layers.{i}.attention.wk.weight",
-    "blk.{i}.attn_v.weight": "layers.{i}.attention.wv.weight",
-    "blk.{i}.attn_q.bias": "layers.{i}.attention.wq.bias",
-    "blk.{i}.attn_k.bias": "layers.{i}.attention.wk.bias",
-    "blk.{i}.attn_v.bias": "layers.{i}.attention.wv.bias",
-    "blk.{i}.attn_output.weight": "layers.{i}.attention.wo.weight",
-    "blk.{i}.ffn_norm.weight": "layers.{i}.ffn_norm.weight",
-    "blk.{i}.ffn_gate.weight": "layers.{i}.feed_forward.w1.weight",
-    "blk.{i}.ffn_up.weight": "layers.{i}.feed_forward.w3.weight",
-    "blk.{i}.ffn_down.weight": "layers.{i}.feed_forward.w2.weight",
-    "blk.{i}.ffn_gate.bias": "layers.{i}.feed_forward.w1.bias",
-    "blk.{i}.ffn_up.bias": "layers.{i}.feed_forward.w3.bias",
-    "blk.{i}.ffn_down.bias": "layers.{i}.feed_forward.w2.bias",
-}
-# Tensors a GGUF may carry that are not parameters: RoPE frequency factors are read into the config instead.
-NON_PARAMETER_TENSORS = frozenset(("rope_freqs.weight",))
-
-_LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
 _GGUF_MAGIC = b"GGUF"
-
-
-def gguf_to_our_name(name: str) -> str | None:
-    """Our parameter name for a GGUF tensor name, or ``None`` when it is not one of our parameters."""
-    return map_name(name, GGUF_NAME_MAP, _LAYER_NAME, "blk.{i}.")
-
-
-def gguf_tensor_name_map(config: ModelConfig) -> dict[str, str]:
-    """Every GGUF tensor name this config can have → our parameter name (biases included; a file may lack them)."""
-    out: dict[str, str] = {}
-    for g, ours in GGUF_NAME_MAP.items():
-        if "{i}" in g:
-            for i in range(config.n_layers):
-                out[g.replace("{i}", str(i))] = ours.replace("{i}", str(i))
-        else:
-            out[g] = ours
-    return out
-
-
-def unpermute_qk(w: Any, n_heads: int) -> Any:
-    """Undo llama.cpp's Q/K row permutation (interleaved RoPE pairs → rotate-half halves), per head.
-
-    Only the order of rows (output features) changes, so ``w`` may be a float matrix, a bias vector, or the
-    raw ``(rows, bytes_per_row)`` blocks of a quantized tensor; numpy arrays and torch tensors both work.
-    ``n_heads`` is the head count of that projection (``n_kv_heads`` for K).
-    """
-    rows = w.shape[0]
-    if rows % (2 * n_heads):
-        raise ModelFileError(f"a Q/K tensor with {rows} rows does not split into {n_heads} heads of pairs")
-    rest = tuple(w.shape[1:])
-    return w.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
-
-
-def permute_qk(w: Any, n_heads: int) -> Any:
-    """llama.cpp's permutation (rotate-half → interleaved), the inverse of ``unpermute_qk``; used to write GGUFs."""
-    rows = w.shape[0]
-    rest = tuple(w.shape[1:])
-    return w.reshape(n_heads, 2, rows // n_heads // 2, *rest).swapaxes(1, 2).reshape(w.shape)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -224,71 +169,17 @@ def gguf_quant_name(reader: gguf.GGUFReader) -> str:
 
 
 def gguf_config(reader: gguf.GGUFReader, fields: dict[str, Any] | None = None) -> ModelConfig:
-    """``ModelConfig`` from the file's metadata; raises ``UnsupportedModel`` for architectures we do not run."""
+    """``ModelConfig`` from the file's metadata, read by its family; ``UnsupportedModel`` for architectures we do
+    not run, ``ModelFileError`` for metadata that describes no valid model."""
     f = fields if fields is not None else gguf_metadata(reader, max_array=0)
+    family = gguf_family(f.get(Keys.General.ARCHITECTURE))
+    tokens = reader.fields.get(Keys.Tokenizer.LIST)
     try:
-        return _gguf_config(reader, f)
+        return family.config_from_gguf(
+            f, {t.name: t for t in reader.tensors}, len(tokens.data) if tokens is not None else None
+        )
     except (TypeError, ValueError, ZeroDivisionError) as exc:  # a value of the wrong type or an impossible shape
         raise ModelFileError(f"the GGUF metadata describes no valid model: {exc}") from exc
-
-
-def _gguf_config(reader: gguf.GGUFReader, f: dict[str, Any]) -> ModelConfig:
-    arch = f.get("general.architecture")
-    if arch not in SUPPORTED_ARCHS:
-        raise UnsupportedModel(
-            f"unsupported model architecture {arch!r} (this engine runs {', '.join(SUPPORTED_ARCHS)})",
-            {"architecture": arch},
-        )
-
-    def key(name: str, default: Any = None) -> Any:
-        v = f.get(f"{arch}.{name}", default)
-        if v is None:
-            raise ModelFileError(f"GGUF metadata lacks {arch}.{name}")
-        return v
-
-    names = {t.name for t in reader.tensors}
-    # The embedding's row count is the truth; the metadata may omit vocab_size (older converters).
-    vocab = next((int(t.shape[1]) for t in reader.tensors if t.name == "token_embd.weight"), None)
-    if vocab is None:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = f.get(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
-    if vocab is None:
-        raise ModelFileError("cannot tell the vocabulary size: no vocab_size, tokens or token_embd.weight")
-    n_heads = int(key("attention.head_count"))
-    dim = int(key("embedding_length"))
-    head_dim = f.get(f"{arch}.attention.key_length") or f.get(f"{arch}.rope.dimension_count") or dim // n_heads
-    rope_scaling: dict[str, Any] | None = None
-    kind = f.get(f"{arch}.rope.scaling.type")
-    if kind in ("linear", "yarn"):
-        rope_scaling = {"type": kind, "factor": float(key("rope.scaling.factor"))}
-        orig = f.get(f"{arch}.rope.scaling.original_context_length")
-        if orig:
-            rope_scaling["original_max_position_embeddings"] = int(orig)
-    elif kind not in (None, "none"):
-        raise UnsupportedModel(f"unsupported RoPE scaling type {kind!r} in the GGUF metadata")
-    if "rope_freqs.weight" in names:  # llama 3.1+: per-frequency divisors stored as a tensor
-        t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
-        rope_scaling = {"type": "freq_factors", "factors": [float(x) for x in np.asarray(t.data, dtype=np.float32)]}
-    bias = "blk.0.attn_q.bias" in names
-    return ModelConfig(
-        vocab_size=int(vocab),
-        dim=dim,
-        n_layers=int(key("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(f.get(f"{arch}.attention.head_count_kv") or n_heads),
-        ffn_dim=int(key("feed_forward_length")),
-        head_dim=int(head_dim),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
-        rope_scaling=rope_scaling,
-        max_seq_len=int(key("context_length", 2048)),
-        tie_embeddings="output.weight" not in names,
-        attn_bias=bias,
-        mlp_bias="blk.0.ffn_up.bias" in names,
-        arch="llama" if arch == "mistral" else arch,
-        bos_token_id=f.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=f.get("tokenizer.ggml.eos_token_id"),
-    )
 
 
 def dequantize_tensor(t: Any) -> torch.Tensor:
@@ -317,7 +208,7 @@ def dequantize_tensor(t: Any) -> torch.Tensor:
         codes = q.codes.float().reshape(n, k // q.group_size, q.group_size)
         return ((codes - 8) * q.scale.float()[..., None]).reshape(shape).contiguous()
     elif name == "Q8_0":  # d·q per block of 32 (an fp16 d, 32 int8), vectorised likewise: 0.6 s for an embedding
-        blocks = np.asarray(t.data).reshape(-1, 34)
+        blocks = np.asarray(t.data).reshape(-1, GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][1])
         d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
         q = blocks[:, 2:].view(np.int8).astype(np.float32)
         arr = q * d
@@ -326,13 +217,22 @@ def dequantize_tensor(t: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(shape))
 
 
+def _unpermuted(family: Family, config: ModelConfig, name: str, w: Any) -> Any:
+    """``w`` (float rows or raw quantized row blocks) in our rotate-half layout, where the family's converter
+    permuted it."""
+    kind = family.gguf_kind(name)
+    heads = family.qk_heads(kind, config) if kind is not None else None
+    return w if heads is None else unpermute_qk(w, heads)
+
+
 def read_gguf(path: str | Path) -> ModelParts:
     """Config, float32 weights in our names (Q/K un-permuted), tokenizer and metadata of a GGUF model."""
     p = Path(path)
     reader = open_gguf(p)
     fields = gguf_metadata(reader)
     config = gguf_config(reader, fields)
-    arch = fields["general.architecture"]
+    arch = fields[Keys.General.ARCHITECTURE]
+    family = gguf_family(arch)
     try:
         tokenizer = Tokenizer.from_gguf_fields(fields)
     except EngineError:
@@ -342,24 +242,20 @@ def read_gguf(path: str | Path) -> ModelParts:
     state: dict[str, torch.Tensor] = {}
     ignored = []
     for t in reader.tensors:
-        ours = gguf_to_our_name(t.name)
+        ours = family.gguf_to_ours(t.name)
         if ours is None:
-            if t.name not in NON_PARAMETER_TENSORS:
+            if not family.is_config_tensor(t.name):
                 ignored.append(t.name)
             continue
-        w = dequantize_tensor(t)
-        if arch in QK_PERMUTED_ARCHS and (".attn_q." in t.name or ".attn_k." in t.name):
-            heads = config.n_heads if ".attn_q." in t.name else config.kv_heads
-            w = unpermute_qk(w, heads)
-        state[ours] = w
+        state[ours] = _unpermuted(family, config, t.name, dequantize_tensor(t))
     meta = {
         "format": "gguf",
         "path": str(p),
-        "name": fields.get("general.name"),
+        "name": fields.get(Keys.General.NAME),
         "architecture": arch,
         "quant": gguf_quant_name(reader),
         "tensor_types": dict(Counter(t.tensor_type.name for t in reader.tensors)),
-        "license": fields.get("general.license"),
+        "license": fields.get(Keys.General.LICENSE),
         "ignored_tensors": ignored,
     }
     return ModelParts(config=config, state=state, tokenizer=tokenizer, meta=meta)

@@ -417,20 +417,29 @@ class Transformer(nn.Module):
         *,
         slot: int = 0,
         last_only: bool = False,
+        length: int | None = None,
     ) -> Tensor:
         """tokens: (B, T) → logits (B, T, vocab) — or (B, 1, vocab) with ``last_only``.
 
         ``input_pos`` (B, T) gives each token's position; rows map to cache rows ``[slot, slot + B)``.
         Without a cache the call is a plain causal forward over positions 0..T-1.
+
+        ``length`` is the number of cache positions the call attends over: its largest position + 1. A caller that
+        built ``input_pos`` from Python ints knows it; passing it means no value is read back from a tensor, which
+        on an accelerator is a device→host sync in every decode step. Without it, it is read from ``input_pos``.
         """
         b, t = tokens.shape
         if input_pos is None:
             input_pos = torch.arange(t, device=tokens.device).expand(b, t)
+            length = t
         cached = self.cache_info.max_batch > 0
         if cached:
             if slot + b > self.cache_info.max_batch:
                 raise ValueError(f"rows {slot}..{slot + b - 1} exceed the cache's {self.cache_info.max_batch}")
-            length = int(input_pos.max()) + 1
+            if length is None:
+                length = int(input_pos.max()) + 1
+            elif length < 1:
+                raise ValueError(f"length must be at least 1, not {length}")
             if length > self.cache_info.max_seq:
                 raise ValueError(f"position {length - 1} exceeds the cache length {self.cache_info.max_seq}")
         else:

@@ -6,7 +6,8 @@ minimum ``m``) and 32 4-bit codes, ``w = d·q + m`` (Q4_0: ``w = d·(q − 8)``)
 the codes are taken as they are; only the scales are rounded to bf16, the kernel's type. Q8_0 (blocks of 32
 int8 with one scale) has no exact int8pack twin (one scale per row), so such projections are re-quantized
 per channel from the float weights, like every other type. Q/K rows are un-permuted on the raw blocks
-(``unpermute_qk`` only reorders rows), before the codes are unpacked.
+(``unpermute_qk`` only reorders rows), before the codes are unpacked, where the file's family says
+(``engine.families``); tensor names and block sizes come from the ``gguf`` package's constants.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from gguf.constants import GGML_QUANT_SIZES, MODEL_TENSOR, GGMLQuantizationType, Keys
 from torch import nn
 
+from engine.families import LLAMA, gguf_family, gguf_tensor_name, unpermute_qk
 from engine.model import Transformer
 from engine.quant import AffineInt4, Int4Linear, Int8Linear, _int4_group
 
-_Q4_BLOCK = 32
+Q4_TYPES = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 _LAYER_PARTS = {  # our fused/plain projection → the GGUF tensors it is made of, in row order
-    "attention.wqkv": ("attn_q", "attn_k", "attn_v"),
-    "attention.wo": ("attn_output",),
-    "feed_forward.w13": ("ffn_gate", "ffn_up"),
-    "feed_forward.w2": ("ffn_down",),
+    "attention.wqkv": (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V),
+    "attention.wo": (MODEL_TENSOR.ATTN_OUT,),
+    "feed_forward.w13": (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP),
+    "feed_forward.w2": (MODEL_TENSOR.FFN_DOWN,),
 }
 _UNFUSED = {
     "attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
@@ -37,19 +40,23 @@ _UNFUSED = {
 
 
 def q4_blocks(raw: np.ndarray, kind: str) -> AffineInt4:
-    """Unpack Q4_0/Q4_1 rows (rows, bytes) into codes (rows, cols) with per-32 scale and minimum."""
+    """Unpack Q4_0/Q4_1 rows (rows, bytes) into codes (rows, cols) with per-block scale and minimum.
+
+    A block is an fp16 ``d`` (Q4_1: then an fp16 ``m``) and ``block / 2`` bytes of codes, low nibbles first."""
+    qtype = GGMLQuantizationType[kind]
+    if qtype not in Q4_TYPES:
+        raise ValueError(f"q4_blocks unpacks Q4_0 and Q4_1, not {kind}")
+    block, size = GGML_QUANT_SIZES[qtype]
     rows = raw.shape[0]
-    size = 18 if kind == "Q4_0" else 20
     b = np.ascontiguousarray(raw).reshape(rows, -1, size)
     d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # (rows, blocks)
-    if kind == "Q4_1":
+    if qtype == GGMLQuantizationType.Q4_1:
         m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        qs = b[..., 4:20]
     else:
         m = -8.0 * d
-        qs = b[..., 2:18]
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(rows, -1)  # low nibbles are the first 16
-    return AffineInt4(torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(m), _Q4_BLOCK)
+    qs = b[..., size - block // 2 :]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(rows, -1)  # low nibbles are the first half
+    return AffineInt4(torch.from_numpy(codes), torch.from_numpy(d), torch.from_numpy(m), block)
 
 
 def quantize_from_gguf(
@@ -64,23 +71,24 @@ def quantize_from_gguf(
     """Install quantized projections in ``model`` (loaded from ``path`` by ``engine.loader``): Q4_0/Q4_1 tensors
     go to int4 as stored; other types are quantized from the model's float weights with ``fallback``
     ("int4"/"int8"). Projections are fused (wqkv, w13) on the way. Returns a count per source kind."""
-    from engine.gguf_loader import QK_PERMUTED_ARCHS, open_gguf, unpermute_qk
+    from engine.gguf_loader import open_gguf
 
     if fallback not in ("int4", "int8") or head not in ("int4", "int8", "float"):
         raise ValueError("fallback must be int4 or int8; head int4, int8 or float")
     reader = open_gguf(path)
     tensors = {t.name: t for t in reader.tensors}
-    arch_field = reader.fields.get("general.architecture")
-    arch = bytes(arch_field.parts[-1]).decode() if arch_field is not None else "llama"
+    arch_field = reader.fields.get(Keys.General.ARCHITECTURE)
+    family = gguf_family(arch_field.contents()) if arch_field is not None else LLAMA
     cfg = model.config
     report = {"gguf_q4": 0, "requantized": 0}
 
-    def raw_affine(name: str, heads: int | None) -> AffineInt4 | None:
-        t = tensors.get(name)
-        if t is None or t.tensor_type.name not in ("Q4_0", "Q4_1"):
+    def raw_affine(kind: MODEL_TENSOR, layer: int | None) -> AffineInt4 | None:
+        t = tensors.get(gguf_tensor_name(kind, layer))
+        if t is None or t.tensor_type not in Q4_TYPES:
             return None
         raw = np.asarray(t.data)
-        if heads is not None and arch in QK_PERMUTED_ARCHS:
+        heads = family.qk_heads(kind, cfg)
+        if heads is not None:
             raw = unpermute_qk(raw, heads)
         return q4_blocks(raw, t.tensor_type.name)
 
@@ -95,13 +103,12 @@ def quantize_from_gguf(
             return None
         return torch.cat([x.detach().float() for x in biases if x is not None])
 
-    heads_of = {"attn_q": cfg.n_heads, "attn_k": cfg.kv_heads}
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             built: dict[str, nn.Module] = {}
             for ours, parts in _LAYER_PARTS.items():
                 bias = fused_bias(layer, ours)
-                blocks = [raw_affine(f"blk.{i}.{p}.weight", heads_of.get(p)) for p in parts]
+                blocks = [raw_affine(kind, i) for kind in parts]
                 if all(b is not None for b in blocks):
                     built[ours] = Int4Linear(AffineInt4.cat(blocks), bias, kernel)  # type: ignore[arg-type]
                     report["gguf_q4"] += 1
@@ -118,7 +125,7 @@ def quantize_from_gguf(
             attn.wq = attn.wk = attn.wv = None
             ff.w1 = ff.w3 = None
         if head != "float" and isinstance(model.output, nn.Linear):
-            out_q4 = raw_affine("output.weight", None) if head == "int4" and "output.weight" in tensors else None
+            out_q4 = raw_affine(MODEL_TENSOR.OUTPUT, None) if head == "int4" else None
             if out_q4 is not None:
                 model.output = Int4Linear(out_q4, kernel=kernel)
             else:

@@ -418,7 +418,8 @@ class Scheduler:
             tokens[j, pad:] = torch.tensor(c, dtype=torch.long)
             pos[j, pad:] = torch.arange(r.prefilled, r.prefilled + len(c))
             pos[j, :pad] = torch.arange(r.prefilled + len(c), r.prefilled + width)
-        logits = self.model(tokens, pos, slot=first, last_only=True)[:, -1]
+        length = max(r.prefilled for r in rows) + width  # every row's last position is its prefilled + width - 1
+        logits = self.model(tokens, pos, slot=first, last_only=True, length=length)[:, -1]
         self._stats["prefill_calls"] += 1
         for r, c in zip(rows, chunks, strict=True):
             r.prefilled += len(c)
@@ -434,7 +435,8 @@ class Scheduler:
         n = len(rows)
         tokens = torch.tensor([[r.state.last_token] for r in rows], dtype=torch.long)
         pos = torch.tensor([[r.state.position] for r in rows], dtype=torch.long)
-        logits = self.model(tokens, pos, slot=0, last_only=True)[:, -1]  # (n, V)
+        length = max(r.state.position for r in rows) + 1  # known here: the model reads nothing back from pos
+        logits = self.model(tokens, pos, slot=0, last_only=True, length=length)[:, -1]  # (n, V)
         key = tuple(r.handle.id for r in rows)
         if key != self._settings_key or self._settings is None:
             self._settings_key, self._settings = key, BatchSettings.of([r.state.params for r in rows])

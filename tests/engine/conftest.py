@@ -125,30 +125,16 @@ def tiny_models(tmp_path_factory, trained_tokenizer) -> Callable[[str], TinyMode
 
 
 # -- GGUF writing, as llama.cpp's convert_hf_to_gguf does it ----------------------------------------------------
-_HF_TO_GGUF = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+def hf_to_gguf_names(model_type: str, n_layers: int) -> dict[str, tuple[Any, str]]:
+    """Hugging Face name → (tensor kind, GGUF name) for a checkpoint of ``n_layers``, from its family's table."""
+    from engine.families import gguf_tensor_name, hf_family
 
-
-def _gguf_name(hf_name: str) -> str:
-    if hf_name in _HF_TO_GGUF:
-        return _HF_TO_GGUF[hf_name]
-    _, _, layer, rest = hf_name.split(".", 3)
-    return f"blk.{layer}.{_HF_TO_GGUF[rest]}"
+    out: dict[str, tuple[Any, str]] = {}
+    for kind, t in hf_family(model_type).tensors.items():
+        for suffix in ("weight", "bias"):
+            for i in range(n_layers) if "{i}" in t.hf else [None]:
+                out[f"{t.hf.replace('{i}', str(i))}.{suffix}"] = (kind, gguf_tensor_name(kind, i, suffix))
+    return out
 
 
 def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -180,11 +166,16 @@ def write_gguf(
     drop: tuple[str, ...] = (),
     extra_tensors: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """The tiny model as a F32 GGUF (Q/K rows permuted for llama, as llama.cpp stores them)."""
+    """The tiny model as a F32 GGUF, as llama.cpp's converter writes it: under the llama.cpp architecture its
+    family follows (Mistral as "llama"), Q/K rows permuted for llama (``LlamaModel.permute``), not for Qwen2."""
     import gguf
+    from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSOR
+
+    from engine.families import hf_family
 
     cfg = tiny.hf.config
-    arch = arch or ("qwen2" if cfg.model_type == "qwen2" else "llama")
+    arch = arch or MODEL_ARCH_NAMES[hf_family(cfg.model_type).gguf_arch]
+    names = hf_to_gguf_names(cfg.model_type, cfg.num_hidden_layers)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(tiny.name)
     w.add_context_length(cfg.max_position_embeddings)
@@ -201,12 +192,12 @@ def write_gguf(
     for name, t in tiny.hf.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        gname = _gguf_name(name)
+        kind, gname = names[name]
         if gname in drop:
             continue
         a = t.detach().float().numpy().copy()
-        if arch in ("llama", "mistral") and gname.split(".")[-2] in ("attn_q", "attn_k"):
-            heads = cfg.num_attention_heads if ".attn_q." in gname else cfg.num_key_value_heads
+        if arch in ("llama", "mistral") and kind in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K):
+            heads = cfg.num_attention_heads if kind == MODEL_TENSOR.ATTN_Q else cfg.num_key_value_heads
             a = llamacpp_permute(a, heads)
         w.add_tensor(gname, a)
     for name, a in (extra_tensors or {}).items():

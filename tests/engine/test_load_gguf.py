@@ -17,16 +17,8 @@ from engine.errors import (
     UnsupportedModel,
     UnsupportedQuantType,
 )
-from engine.gguf_loader import (
-    GGUF_NAME_MAP,
-    dequantize_tensor,
-    gguf_config,
-    gguf_tensor_name_map,
-    gguf_to_our_name,
-    open_gguf,
-    permute_qk,
-    unpermute_qk,
-)
+from engine.families import LLAMA, permute_qk, unpermute_qk
+from engine.gguf_loader import dequantize_tensor, gguf_config, open_gguf
 from engine.loader import load_model
 from engine.model import ModelConfig, Transformer
 
@@ -149,18 +141,19 @@ def test_name_map_covers_every_parameter_of_the_model():
     config = ModelConfig(vocab_size=32, dim=16, n_layers=3, n_heads=2, ffn_dim=32, attn_bias=True)
     with torch.device("meta"):
         ours = {n for n, _ in Transformer(config).named_parameters(remove_duplicate=False)}
-    mapped = set(gguf_tensor_name_map(config).values())
+    names = [g.replace("{i}", str(i)) for g in LLAMA.gguf_names for i in range(config.n_layers)]
+    mapped = {LLAMA.gguf_to_ours(g) for g in names}
     assert ours <= mapped
-    assert len(gguf_tensor_name_map(config)) == 3 + 15 * 3
+    assert len(mapped) == 3 + 15 * 3
 
 
 def test_gguf_names_map_to_ours_and_unknown_names_to_none():
-    assert gguf_to_our_name("blk.17.attn_q.weight") == "layers.17.attention.wq.weight"
-    assert gguf_to_our_name("blk.0.ffn_gate.weight") == "layers.0.feed_forward.w1.weight"
-    assert gguf_to_our_name("token_embd.weight") == "tok_embeddings.weight"
-    assert gguf_to_our_name("rope_freqs.weight") is None
-    assert gguf_to_our_name("blk.0.attn_rot_embd") is None
-    assert "blk.{i}.attn_k.bias" in GGUF_NAME_MAP
+    assert LLAMA.gguf_to_ours("blk.17.attn_q.weight") == "layers.17.attention.wq.weight"
+    assert LLAMA.gguf_to_ours("blk.0.ffn_gate.weight") == "layers.0.feed_forward.w1.weight"
+    assert LLAMA.gguf_to_ours("token_embd.weight") == "tok_embeddings.weight"
+    assert LLAMA.gguf_to_ours("rope_freqs.weight") is None
+    assert LLAMA.gguf_to_ours("blk.0.attn_rot_embd") is None
+    assert "blk.{i}.attn_k.bias" in LLAMA.gguf_names
 
 
 # -- whole models ---------------------------------------------------------------------------------------------

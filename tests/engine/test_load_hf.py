@@ -10,7 +10,8 @@ import torch
 
 from engine.checkpoint import save_checkpoint
 from engine.errors import MissingTensor, ModelFileError, ModelNotFound, TokenizerError, UnsupportedModel
-from engine.hf_loader import hf_config, hf_to_our_name
+from engine.families import LLAMA
+from engine.hf_loader import hf_config
 from engine.loader import detect_format, load_model
 
 
@@ -63,11 +64,11 @@ def test_mistral_sliding_window_caps_the_context(tiny_models):
 
 
 def test_hf_names_map_to_ours():
-    assert hf_to_our_name("model.layers.3.self_attn.q_proj.bias") == "layers.3.attention.wq.bias"
-    assert hf_to_our_name("model.layers.0.mlp.gate_proj.weight") == "layers.0.feed_forward.w1.weight"
-    assert hf_to_our_name("model.layers.0.mlp.down_proj.weight") == "layers.0.feed_forward.w2.weight"
-    assert hf_to_our_name("lm_head.weight") == "output.weight"
-    assert hf_to_our_name("model.layers.0.self_attn.rotary_emb.inv_freq") is None
+    assert LLAMA.hf_to_ours("model.layers.3.self_attn.q_proj.bias") == "layers.3.attention.wq.bias"
+    assert LLAMA.hf_to_ours("model.layers.0.mlp.gate_proj.weight") == "layers.0.feed_forward.w1.weight"
+    assert LLAMA.hf_to_ours("model.layers.0.mlp.down_proj.weight") == "layers.0.feed_forward.w2.weight"
+    assert LLAMA.hf_to_ours("lm_head.weight") == "output.weight"
+    assert LLAMA.hf_to_ours("model.layers.0.self_attn.rotary_emb.inv_freq") is None
 
 
 def test_tokenizer_and_chat_template_come_from_the_directory(tiny_models, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.loader import load_model
 
@@ -156,3 +157,51 @@ def test_rope_scaling_kinds_match_transformers_across_the_context(tmp_path, trai
     ids = _ids(200, tiny.vocab_size, seed=9)  # well past the 64-token "original" context of the yarn cases
     with torch.no_grad():
         assert (ours.model(ids) - _reference(tiny, ids)).abs().max().item() <= TOL
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts values read back from tensors (``int(t)``, ``t.item()``: on an accelerator, a device→host sync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default):
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_given_its_length_reads_nothing_back_and_gives_the_same_logits(loaded, rows):
+    tiny, ours = loaded("qwen2")
+    model = ours.model
+    ids = _ids(12, tiny.vocab_size, seed=5).expand(rows, 12)
+    model.setup_cache(max_batch=rows, max_seq=32)
+    try:
+        with torch.inference_mode():
+            model(ids[:, :10], torch.arange(10).expand(rows, 10), length=10)
+            pos = torch.full((rows, 1), 10)
+            with _ScalarReads() as known:
+                given = model(ids[:, 10:11], pos, length=11)
+            with _ScalarReads() as unknown:
+                read = model(ids[:, 10:11], pos)
+    finally:
+        model.drop_cache()
+    assert known.reads == 0
+    assert unknown.reads == 1  # the one read a caller saves by passing length
+    assert torch.equal(given, read)
+    assert (given[0, 0] - _reference(tiny, ids[:1, :11])[0, -1]).abs().max().item() <= TOL
+
+
+def test_a_length_past_the_cache_or_below_one_is_refused(loaded):
+    _, ours = loaded("qwen2")
+    model = ours.model
+    model.setup_cache(max_batch=1, max_seq=16)
+    try:
+        with torch.inference_mode(), pytest.raises(ValueError, match="position 16 exceeds the cache length 16"):
+            model(torch.zeros(1, 1, dtype=torch.long), torch.tensor([[3]]), length=17)
+        with torch.inference_mode(), pytest.raises(ValueError, match="length must be at least 1, not 0"):
+            model(torch.zeros(1, 1, dtype=torch.long), torch.tensor([[3]]), length=0)
+    finally:
+        model.drop_cache()

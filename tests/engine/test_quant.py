@@ -135,6 +135,11 @@ def test_gguf_q4_blocks_decode_exactly_like_gguf(kind: str) -> None:
     assert np.array_equal(q4_blocks(raw, kind).dequantize().numpy(), ref)
 
 
+def test_gguf_q4_blocks_refuse_other_block_types() -> None:
+    with pytest.raises(ValueError, match="unpacks Q4_0 and Q4_1, not Q8_0"):
+        q4_blocks(np.zeros((2, 34), dtype=np.uint8), "Q8_0")
+
+
 @pytest.mark.model
 def test_smollm2_gguf_q4_loads_straight_into_int4(smollm2_path) -> None:
     from engine.loader import load_model

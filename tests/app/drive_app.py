@@ -63,26 +63,28 @@ class Shooter:
 
 
 async def chat(app: Any, shoot: Shooter) -> dict[str, Any]:
-    await app.conn.wait_connected(60)
-    await until(app.chat, lambda: app.chat.available, 30, "the chat module")
+    await app.views.conn.wait_connected(60)
+    await until(app.views.chat, lambda: app.views.chat.available, 30, "the chat module")
     ids = app.screen("chat").ids
     ids.entry.text = QUESTION
     streaming: list[str] = []
 
     def on_line(what: str, i: Any) -> None:
-        if what == "line" and app.chat.lines[i].text and not streaming:
-            streaming.append(app.chat.lines[i].text)
+        if what == "line" and app.views.chat.lines[i].text and not streaming:
+            streaming.append(app.views.chat.lines[i].text)
             asyncio.get_running_loop().create_task(shoot("chat-streaming"))
 
-    app.chat.bind(on_line)
+    app.views.chat.bind(on_line)
     ids.send.dispatch("on_release")
-    await until(app.chat, lambda: len(app.chat.lines) == 2 and not app.chat.busy, 120, "the streamed reply")
-    reply = app.chat.lines[-1]
+    await until(
+        app.views.chat, lambda: len(app.views.chat.lines) == 2 and not app.views.chat.busy, 120, "the streamed reply"
+    )
+    reply = app.views.chat.lines[-1]
     await shoot("chat")
     seen = labels(app.root)
     result = {"reply": reply.text, "complete": reply.complete, "note": reply.note, "labels": seen}
     result["copied"] = await copy_reply(app)
-    result["title"] = app.chat_title
+    result["title"] = app.screen("chat").chat_title
     for name in ("modules", "status", "settings", "connect"):
         app.show(name)
         await frames(4)
@@ -94,7 +96,7 @@ async def chat(app: Any, shoot: Shooter) -> dict[str, Any]:
         app.screen("chat").show_sessions = True
         await shoot("sessions")
         app.screen("chat").show_sessions = False
-    app.set_theme("light")
+    app.controller("settings").set_theme("light")
     await frames(4)
     await shoot("chat-light")
     result["theme"] = app.theme
@@ -118,7 +120,7 @@ async def confirm_dialog(app: Any, shoot: Shooter, module: str) -> list[str]:
     from kivy.core.window import Window
     from kivy.uix.popup import Popup
 
-    app.ask_toggle(module)
+    app.controller("modules").ask_toggle(module)
     await frames(4)
     await shoot("modules-confirm")
     popup = next(w for w in Window.children if isinstance(w, Popup))
@@ -129,19 +131,19 @@ async def confirm_dialog(app: Any, shoot: Shooter, module: str) -> list[str]:
 
 
 async def estop(app: Any, shoot: Shooter) -> dict[str, Any]:
-    await app.conn.wait_connected(60)
-    await until(app.status, lambda: bool(app.status.moving), 30, "a moving robot")
+    await app.views.conn.wait_connected(60)
+    await until(app.views.status, lambda: bool(app.views.status.moving), 30, "a moving robot")
     app.show("status")
-    await until(app.status, lambda: "rover" in app.status.robots, 10, "the robot listed")
+    await until(app.views.status, lambda: "rover" in app.views.status.robots, 10, "the robot listed")
     await frames(4)
     bar = app.root.ids.estop
     shown = {"width": bar.width, "opacity": bar.opacity, "disabled": bar.disabled, "labels": labels(app.root)}
     await shoot("estop-moving")
     bar.dispatch("on_release")
-    await until(app.status, lambda: not app.status.moving, 15, "the robot to stop")
+    await until(app.views.status, lambda: not app.views.status.moving, 15, "the robot to stop")
     await frames(4)
     await shoot("estop-stopped")
-    after = {"width": bar.width, "opacity": bar.opacity, "state": app.status.robots["rover"].get("state")}
+    after = {"width": bar.width, "opacity": bar.opacity, "state": app.views.status.robots["rover"].get("state")}
     return {"shown": shown, "after": after, "labels": labels(app.root)}
 
 
@@ -155,7 +157,7 @@ async def pair(app: Any, shoot: Shooter, rpc: str, events: str) -> dict[str, Any
 
     # what LAN discovery would hand over; listed under "Found on this network"
     seen_on_lan = DiscoveredDaemon("kitchen-pi", "tcp://10.0.0.9:7700", "tcp://10.0.0.9:7701", fingerprint="1f2e:3d4c")
-    app.conn.set_discovered([seen_on_lan])
+    app.views.conn.set_discovered([seen_on_lan])
     ids = app.screen("connect").ids
     ids.address.text = f"{rpc} {events}"
     ids.name.text = "lab"
@@ -163,13 +165,13 @@ async def pair(app: Any, shoot: Shooter, rpc: str, events: str) -> dict[str, Any
     ids.pair.dispatch("on_release")
     await frames(4)
     await shoot("pairing")
-    result: dict[str, Any] = {"labels": labels(app.root), "allow": app.allow_command}
-    public, _fp = app.conn.device_identity()
+    result: dict[str, Any] = {"labels": labels(app.root), "allow": app.screen("connect").allow_command}
+    public, _fp = app.views.conn.device_identity()
     print(f"PAIRED {public}", flush=True)
-    await app.conn.wait_connected(60)
+    await app.views.conn.wait_connected(60)
     await frames(4)
     await shoot("paired")
-    result["link"] = app.link_text
+    result["link"] = app.shell.link_text
     return result
 
 

@@ -5,7 +5,9 @@ RPC EVENTS WIDTHxHEIGHT OUT_DIR PREFIX DATA_DIR``. Prints one JSON line with wha
 Scenarios: ``chat`` types a question into the message field, taps Send, waits for the streamed reply and checks
 that the widget tree shows it, then visits every screen; ``estop`` waits for a moving robot, checks that the
 top bar's E-STOP is shown, taps it and waits for the robot to stop; ``pair`` pairs on the Connect screen with
-the daemon key in ``$ENIGMA_TEST_SERVER_KEY``, prints ``PAIRED <device key>`` and waits until it is allowed.
+the daemon key in ``$ENIGMA_TEST_SERVER_KEY``, prints ``PAIRED <device key>`` and waits until it is allowed;
+``shell`` goes to every screen through the navigation (drawer, then sidebar after resizing the window to
+1280×800, then drawer again at 360×780), measures the module cards, and watches a toast across a switch.
 """
 
 from __future__ import annotations
@@ -63,28 +65,32 @@ class Shooter:
 
 
 async def chat(app: Any, shoot: Shooter) -> dict[str, Any]:
-    await app.conn.wait_connected(60)
-    await until(app.chat, lambda: app.chat.available, 30, "the chat module")
+    await app.views.conn.wait_connected(60)
+    await until(app.views.chat, lambda: app.views.chat.available, 30, "the chat module")
     ids = app.screen("chat").ids
     ids.entry.text = QUESTION
     streaming: list[str] = []
 
     def on_line(what: str, i: Any) -> None:
-        if what == "line" and app.chat.lines[i].text and not streaming:
-            streaming.append(app.chat.lines[i].text)
+        if what == "line" and app.views.chat.lines[i].text and not streaming:
+            streaming.append(app.views.chat.lines[i].text)
             asyncio.get_running_loop().create_task(shoot("chat-streaming"))
 
-    app.chat.bind(on_line)
+    app.views.chat.bind(on_line)
     ids.send.dispatch("on_release")
-    await until(app.chat, lambda: len(app.chat.lines) == 2 and not app.chat.busy, 120, "the streamed reply")
-    reply = app.chat.lines[-1]
+    await until(
+        app.views.chat, lambda: len(app.views.chat.lines) == 2 and not app.views.chat.busy, 120, "the streamed reply"
+    )
+    reply = app.views.chat.lines[-1]
     await shoot("chat")
     seen = labels(app.root)
     result = {"reply": reply.text, "complete": reply.complete, "note": reply.note, "labels": seen}
     result["copied"] = await copy_reply(app)
-    result["title"] = app.chat_title
+    result["title"] = app.screen("chat").chat_title
     for name in ("modules", "status", "settings", "connect"):
         app.show(name)
+        if name == "modules":
+            result["toast_after_switch"] = app.toast
         await frames(4)
         await shoot(name)
         if name == "modules":
@@ -94,7 +100,7 @@ async def chat(app: Any, shoot: Shooter) -> dict[str, Any]:
         app.screen("chat").show_sessions = True
         await shoot("sessions")
         app.screen("chat").show_sessions = False
-    app.set_theme("light")
+    app.controller("settings").set_theme("light")
     await frames(4)
     await shoot("chat-light")
     result["theme"] = app.theme
@@ -118,7 +124,7 @@ async def confirm_dialog(app: Any, shoot: Shooter, module: str) -> list[str]:
     from kivy.core.window import Window
     from kivy.uix.popup import Popup
 
-    app.ask_toggle(module)
+    app.controller("modules").ask_toggle(module)
     await frames(4)
     await shoot("modules-confirm")
     popup = next(w for w in Window.children if isinstance(w, Popup))
@@ -129,19 +135,19 @@ async def confirm_dialog(app: Any, shoot: Shooter, module: str) -> list[str]:
 
 
 async def estop(app: Any, shoot: Shooter) -> dict[str, Any]:
-    await app.conn.wait_connected(60)
-    await until(app.status, lambda: bool(app.status.moving), 30, "a moving robot")
+    await app.views.conn.wait_connected(60)
+    await until(app.views.status, lambda: bool(app.views.status.moving), 30, "a moving robot")
     app.show("status")
-    await until(app.status, lambda: "rover" in app.status.robots, 10, "the robot listed")
+    await until(app.views.status, lambda: "rover" in app.views.status.robots, 10, "the robot listed")
     await frames(4)
     bar = app.root.ids.estop
     shown = {"width": bar.width, "opacity": bar.opacity, "disabled": bar.disabled, "labels": labels(app.root)}
     await shoot("estop-moving")
     bar.dispatch("on_release")
-    await until(app.status, lambda: not app.status.moving, 15, "the robot to stop")
+    await until(app.views.status, lambda: not app.views.status.moving, 15, "the robot to stop")
     await frames(4)
     await shoot("estop-stopped")
-    after = {"width": bar.width, "opacity": bar.opacity, "state": app.status.robots["rover"].get("state")}
+    after = {"width": bar.width, "opacity": bar.opacity, "state": app.views.status.robots["rover"].get("state")}
     return {"shown": shown, "after": after, "labels": labels(app.root)}
 
 
@@ -155,7 +161,7 @@ async def pair(app: Any, shoot: Shooter, rpc: str, events: str) -> dict[str, Any
 
     # what LAN discovery would hand over; listed under "Found on this network"
     seen_on_lan = DiscoveredDaemon("kitchen-pi", "tcp://10.0.0.9:7700", "tcp://10.0.0.9:7701", fingerprint="1f2e:3d4c")
-    app.conn.set_discovered([seen_on_lan])
+    app.views.conn.set_discovered([seen_on_lan])
     ids = app.screen("connect").ids
     ids.address.text = f"{rpc} {events}"
     ids.name.text = "lab"
@@ -163,13 +169,109 @@ async def pair(app: Any, shoot: Shooter, rpc: str, events: str) -> dict[str, Any
     ids.pair.dispatch("on_release")
     await frames(4)
     await shoot("pairing")
-    result: dict[str, Any] = {"labels": labels(app.root), "allow": app.allow_command}
-    public, _fp = app.conn.device_identity()
+    result: dict[str, Any] = {"labels": labels(app.root), "allow": app.screen("connect").allow_command}
+    public, _fp = app.views.conn.device_identity()
     print(f"PAIRED {public}", flush=True)
-    await app.conn.wait_connected(60)
+    await app.views.conn.wait_connected(60)
     await frames(4)
     await shoot("paired")
-    result["link"] = app.link_text
+    result["link"] = app.shell.link_text
+    return result
+
+
+def nav_state(app: Any) -> dict[str, Any]:
+    """Where the navigation is and what of it can be seen."""
+    shell = app.shell
+    menu, sidebar = shell.ids.menu, shell.ids.sidebar
+    return {
+        "window": list(app.root.get_root_window().size),
+        "in_sidebar": shell.nav in sidebar.children,  # ids are weak proxies: "is" would never match
+        "in_drawer": shell.nav in shell.drawer.children,
+        "sidebar_width": sidebar.width,
+        "menu": {"width": menu.width, "opacity": menu.opacity, "disabled": menu.disabled},
+        "drawer_open": shell.drawer_open,
+        "entries": [e.text for e in shell.nav.entries.values()],
+    }
+
+
+async def visit_all(app: Any, through_drawer: bool) -> dict[str, Any]:
+    """Tap each navigation entry (opening the drawer first when there is one); report what each tap showed."""
+    seen: dict[str, Any] = {}
+    for name, entry in app.shell.nav.entries.items():
+        if through_drawer:
+            app.shell.ids.menu.dispatch("on_release")
+            await frames(2)
+            assert app.shell.drawer_open, "the menu button did not open the drawer"
+        entry.dispatch("on_release")
+        await frames(2)
+        current = [n for n, e in app.shell.nav.entries.items() if e.current]
+        seen[name] = {
+            "screen": app.root.ids.screens.current,
+            "marked": current,
+            "drawer_open": app.shell.drawer_open,
+        }
+    return seen
+
+
+def rect(w: Any) -> list[float]:
+    x, y = w.to_window(w.x, w.y)
+    return [x, y, w.width, w.height]
+
+
+async def module_cards(app: Any) -> dict[str, Any]:
+    """Each module card's rect, and the rects of what it holds, in window coordinates."""
+    from clients.app.ui.widgets import Card
+
+    await until(app.views.modules, lambda: bool(app.views.modules.rows), 20, "the module list")
+    app.shell.nav.entries["modules"].dispatch("on_release")
+    await frames(4)
+    cards = {}
+    for name, item in app.controller("modules").items.items():
+        card = next(w for w in item.walk(restrict=True) if isinstance(w, Card))
+        cards[name] = {"card": rect(card), "parts": [rect(c) for c in card.children]}
+    return cards
+
+
+async def toast_across_switch(app: Any) -> dict[str, Any]:
+    """Say something on the Connect screen (an address it refuses), then switch to Chat."""
+    app.shell.nav.entries["connect"].dispatch("on_release")
+    await frames(2)
+    ids = app.screen("connect").ids
+    ids.address.text = "pi.local:99999"
+    connect = next(w for w in app.screen("connect").walk(restrict=True) if getattr(w, "text", "") == "Connect")
+    connect.dispatch("on_release")
+    await frames(2)
+    said = {"toast": app.toast, "height": app.root.ids.toast.height}
+    app.shell.nav.entries["chat"].dispatch("on_release")
+    await frames(2)
+    return {"said": said, "after": {"toast": app.toast, "height": app.root.ids.toast.height}}
+
+
+async def shell(app: Any, shoot: Shooter) -> dict[str, Any]:
+    from kivy.core.window import Window
+
+    from clients.app.ui.screens import SCREENS
+
+    await app.views.conn.wait_connected(60)
+    result: dict[str, Any] = {"registered": [c.name for c in SCREENS]}
+    result["narrow"] = nav_state(app)
+    app.shell.ids.menu.dispatch("on_release")
+    await frames(2)
+    result["drawer"] = nav_state(app)
+    await shoot("drawer")
+    app.shell.drawer.dismiss(animation=False)
+    result["visits_narrow"] = await visit_all(app, through_drawer=True)
+    result["cards"] = await module_cards(app)
+    await shoot("modules-cards")
+    result["toast"] = await toast_across_switch(app)
+    size = tuple(Window.size)
+    Window.size = (1280, 800)
+    await frames(4)
+    result["wide"] = nav_state(app)
+    result["visits_wide"] = await visit_all(app, through_drawer=False)
+    Window.size = size
+    await frames(4)
+    result["narrow_again"] = nav_state(app)
     return result
 
 
@@ -189,7 +291,7 @@ def main() -> None:
         if pairing:
             result.update(await pair(app, shoot, rpc, events))
         else:
-            result.update(await {"chat": chat, "estop": estop}[scenario](app, shoot))
+            result.update(await {"chat": chat, "estop": estop, "shell": shell}[scenario](app, shoot))
 
     asyncio.run(run_app(app, driver))
     result["screenshots"] = shoot.files

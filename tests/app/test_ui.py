@@ -109,6 +109,7 @@ async def test_phone_conversation_shows_the_streamed_reply(model_daemon: DaemonP
     assert {"chat", "modules", "status", "settings", "connect", "sessions"} <= set(result["screenshots"])
     assert result["theme"] == "light"
     assert result["copied"] == {"toast": "Copied", "clipboard": result["reply"]}
+    assert result["toast_after_switch"] == "", "the Copied toast followed the user to the modules screen"
     # tapping "Turn on" for ollama first says that the loaded llm module is in the way (same slot)
     assert "Conflicts with loaded: llm (unload first)" in result["confirm"]
     assert "Turn on anyway" in result["confirm"]

@@ -1,8 +1,12 @@
-"""The app's two dialogs: rename a conversation, and confirm a module toggle after saying what it would do."""
+"""The app's two dialogs: rename a conversation, and confirm a module toggle after saying what it would do.
+
+Each takes what it shows and a callback for the user's decision; what the decision does is the caller's.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from kivy.factory import Factory
 from kivy.metrics import dp
@@ -10,11 +14,8 @@ from kivy.uix.popup import Popup
 
 from clients.app.viewmodels import ModulePlan
 
-if TYPE_CHECKING:
-    from clients.app.ui.app import EnigmaApp
 
-
-def _buttons(ok_text: str, on_ok: Any, popup: Popup) -> Any:
+def _buttons(ok_text: str, on_ok: Callable[[], Any], popup: Popup) -> Any:
     row = Factory.BoxLayout(size_hint_y=None, height=dp(40), spacing=dp(8))
     cancel = Factory.Flat(text="Cancel")
     ok = Factory.Accent(text=ok_text)
@@ -25,19 +26,18 @@ def _buttons(ok_text: str, on_ok: Any, popup: Popup) -> Any:
     return row
 
 
-def rename(app: EnigmaApp, session_id: str, title: str) -> Popup:
+def rename(title: str, on_save: Callable[[str], Any]) -> Popup:
+    """Ask for a new title; ``on_save`` gets it stripped (possibly empty)."""
     box = Factory.BoxLayout(orientation="vertical", spacing=dp(8), padding=dp(8))
     popup = Popup(title="Rename conversation", content=box, size_hint=(0.9, None), height=dp(180))
     field = Factory.Field(text=title)
     box.add_widget(field)
-    box.add_widget(
-        _buttons("Save", lambda: app.go(app.chat.rename_session(session_id, field.text.strip() or "Untitled")), popup)
-    )
+    box.add_widget(_buttons("Save", lambda: on_save(field.text.strip()), popup))
     popup.open()
     return popup
 
 
-def confirm_toggle(app: EnigmaApp, plan: ModulePlan) -> Popup:
+def confirm_toggle(plan: ModulePlan, on_confirm: Callable[[], Any]) -> Popup:
     """Dependencies that load too, modules in the way, modules that need it, memory — then the user decides."""
     box = Factory.BoxLayout(orientation="vertical", spacing=dp(8), padding=dp(8))
     verb = "Turn on" if plan.action == "load" else "Turn off"
@@ -45,8 +45,8 @@ def confirm_toggle(app: EnigmaApp, plan: ModulePlan) -> Popup:
     popup = Popup(title=f"{verb} {plan.name}?", content=box, size_hint=(0.9, None))
     popup.height = dp(130) + dp(34) * len(sentences)
     for sentence in sentences:
-        box.add_widget(Factory.TextBase(text=sentence, color=(1, 1, 1, 1), font_size=app.font_size))
+        box.add_widget(Factory.PopupText(text=sentence))
     ok_text = verb if plan.ok else f"{verb} anyway"  # the daemon has the last word; it may know better
-    box.add_widget(_buttons(ok_text, lambda: app.go(app.modules.toggle(plan.name)), popup))
+    box.add_widget(_buttons(ok_text, on_confirm, popup))
     popup.open()
     return popup

@@ -205,9 +205,8 @@ class MqttBridge:
     # -- events out -------------------------------------------------------------------------------------------
     def _route(self, topic: str) -> tuple[str, int] | None:
         """(MQTT topic, QoS) for a hub topic, or None when the filter excludes it. Cached per topic."""
-        cached = self._topic_cache.get(topic, False)
-        if cached is not False:
-            return cached  # type: ignore[return-value]
+        if topic in self._topic_cache:
+            return self._topic_cache[topic]
         c = self.config
         route: tuple[str, int] | None = None
         if any(topic.startswith(p) for p in c.event_prefixes) and not any(

@@ -372,8 +372,9 @@ class MqttLink:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
         for t in (reader, sender):
-            if t in done and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+            exc = t.exception() if t in done else None
+            if exc is not None:
+                raise exc
 
     async def _read(self, client: aiomqtt.Client) -> None:
         """Ends (with ``MqttError``) when the connection drops; messages arrive through ``_deliver``."""

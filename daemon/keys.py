@@ -6,6 +6,7 @@ take effect for new connections without a restart.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import TextIO
 
@@ -53,7 +54,7 @@ def revoke(config: Config, key_or_name: str, out: TextIO = sys.stdout, err: Text
     return 0
 
 
-def run(config: Config, args: object) -> int:
+def run(config: Config, args: argparse.Namespace) -> int:
     """Dispatch ``enigmad keys <action>``; bus errors (a malformed key, an unreadable file) are one line."""
     action = getattr(args, "keys_action", None)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -63,9 +64,9 @@ def run(config: Config, args: object) -> int:
         if action == "list":
             return list_keys(config)
         if action == "allow":
-            return allow(config, args.key, args.role, args.name or "")  # type: ignore[attr-defined]
+            return allow(config, args.key, args.role, args.name or "")
         if action == "revoke":
-            return revoke(config, args.key)  # type: ignore[attr-defined]
+            return revoke(config, args.key)
     except BusError as exc:
         print(f"enigmad: {exc.message}", file=sys.stderr)
         return 2

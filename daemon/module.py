@@ -26,6 +26,8 @@ from daemon.services import Services
 from daemon.settings import FREE_FORM, validate
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeForm
+
     from daemon.hub import Hub
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,7 +108,7 @@ class ModuleContext:
             names.append(spec.name)
         return names
 
-    def provide(self, kind: type[T], impl: T) -> None:
+    def provide(self, kind: TypeForm[T], impl: T) -> None:
         """Offer ``impl`` to other modules as the service ``kind`` (a Protocol of ``daemon.services``) until
         this module unloads."""
         self._undo.append(self.services.provide(kind, impl))

@@ -24,6 +24,8 @@ from bus.errors import Unavailable
 if TYPE_CHECKING:
     import asyncio
 
+    from typing_extensions import TypeForm
+
     from bus.auth import AllowList, KeyPair
     from daemon.backup import Restorable
 
@@ -87,12 +89,16 @@ class LiveRestore(Protocol):
 
 
 class Services:
-    """The registry of typed services, one per kind; lookups are by the kind itself, so they type-check."""
+    """The registry of typed services, one per kind; lookups are by the kind itself, so they type-check.
+
+    A kind is taken as a ``TypeForm`` (PEP 747), not a ``type[T]``: most kinds are Protocols, and a type checker
+    accepts a Protocol class for ``type[T]`` only where it may be instantiated, which a lookup key never is.
+    """
 
     def __init__(self) -> None:
-        self._by_kind: dict[type, Any] = {}
+        self._by_kind: dict[TypeForm[Any], Any] = {}
 
-    def provide(self, kind: type[T], impl: T) -> Callable[[], None]:
+    def provide(self, kind: TypeForm[T], impl: T) -> Callable[[], None]:
         """Offer ``impl`` as ``kind``; returns the function that withdraws it. One provider per kind."""
         if kind in self._by_kind:
             raise ValueError(f"a {kind.__name__} service is already offered")
@@ -104,10 +110,10 @@ class Services:
 
         return withdraw
 
-    def find(self, kind: type[T]) -> T | None:
+    def find(self, kind: TypeForm[T]) -> T | None:
         return cast("T | None", self._by_kind.get(kind))
 
-    def get(self, kind: type[T]) -> T:
+    def get(self, kind: TypeForm[T]) -> T:
         """The ``kind`` service; ``unavailable`` naming it when nothing offers it."""
         impl = self.find(kind)
         if impl is None:

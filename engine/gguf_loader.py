@@ -67,6 +67,8 @@ def _reader_class() -> type:
         """``GGUFReader`` over a plain ndarray view of its memory map: every slice of an ``np.memmap`` runs
         Python-level bookkeeping, which makes parsing a 50k-token vocabulary and dequantizing 2-3x slower."""
 
+        # gguf's type for ``data`` is inferred from the ``np.memmap`` it assigns, though it only ever slices and
+        # views it as an array: a plain ndarray is what it needs.
         @property  # type: ignore[override]
         def data(self) -> np.ndarray:
             return self._plain
@@ -85,8 +87,6 @@ def _reader_class() -> type:
             alen = self._get(orig_offs + 4, np.uint64)
             itype, n = gguf.GGUFValueType(int(raw_itype[0])), int(alen[0])
             nptype = self.gguf_scalar_to_np.get(itype)
-            if itype != string and nptype is None:  # arrays of arrays: rare and small
-                return super()._get_field_parts(orig_offs, raw_type)
             parts: list[Any] = [raw_itype, alen]
             idxs: list[int] = []
             offs = orig_offs + 12
@@ -100,6 +100,8 @@ def _reader_class() -> type:
                     idxs.append(len(parts) + 1)
                     parts += (slen, data[offs + 8 : end])
                     offs = end
+            elif nptype is None:  # arrays of arrays: rare and small
+                return super()._get_field_parts(orig_offs, raw_type)
             else:
                 values = self._get(offs, nptype, n)
                 if len(values) != n:
@@ -210,8 +212,8 @@ def dequantize_tensor(t: Any) -> torch.Tensor:
     elif name == "Q8_0":  # d·q per block of 32 (an fp16 d, 32 int8), vectorised likewise: 0.6 s for an embedding
         blocks = np.asarray(t.data).reshape(-1, GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][1])
         d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
-        q = blocks[:, 2:].view(np.int8).astype(np.float32)
-        arr = q * d
+        q8 = blocks[:, 2:].view(np.int8).astype(np.float32)
+        arr = q8 * d
     else:
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(shape))

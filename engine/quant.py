@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from engine import kernels
 from engine.errors import EngineError
-from engine.model import Attention, FeedForward, Transformer
+from engine.model import Attention, Block, FeedForward, Transformer
 
 MODES = ("int8", "int4")
 _Q4_BLOCK = 32
@@ -46,6 +46,11 @@ class UnsupportedQuantization(EngineError, ValueError):
 
 class Int8Linear(nn.Module):
     """``y = x @ (q * scale)ᵀ + b`` with int8 ``q`` (out, in) and one scale per output channel."""
+
+    # Buffers, declared for the type checker: what ``register_buffer`` adds reads as ``Tensor | Module`` otherwise.
+    weight: Tensor  # the int8 codes in the kernel's layout (``codes()`` gives them as (out, in))
+    scales: Tensor
+    bias: Tensor | None
 
     def __init__(self, qweight: Tensor, scales: Tensor, bias: Tensor | None = None, kernel: str | None = None) -> None:
         super().__init__()
@@ -207,6 +212,13 @@ class Int4Linear(nn.Module):
     scales exactly; ``torch`` packs the codes into PyTorch's int4pack tiles with bf16 scale/zero pairs.
     """
 
+    # Buffers, declared for the type checker (see Int8Linear); which of them exist depends on the kernel.
+    weight: Tensor  # the packed codes in the kernel's layout
+    scales: Tensor  # enigma kernels
+    offsets: Tensor  # enigma kernels
+    scales_and_zeros: Tensor  # PyTorch's kernel
+    bias: Tensor | None
+
     def __init__(self, q: AffineInt4, bias: Tensor | None = None, kernel: str | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = q.codes.shape
@@ -286,6 +298,11 @@ def _layout(kernel: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def layers_of(model: Transformer) -> list[Block]:
+    """The model's blocks, typed: torch types the items of an ``nn.ModuleList`` as plain ``nn.Module``s."""
+    return cast("list[Block]", list(model.layers))
+
+
 def _cat_bias(linears: Sequence[nn.Linear]) -> Tensor | None:
     if all(lin.bias is None for lin in linears):
         return None
@@ -307,7 +324,7 @@ def fuse_projections(model: Transformer, make: Callable[[Tensor, Tensor | None],
         return lin
 
     build = make or linear
-    for layer in model.layers:
+    for layer in layers_of(model):
         attn: Attention = layer.attention
         if attn.wqkv is None:
             parts = [attn.wq, attn.wk, attn.wv]
@@ -355,7 +372,7 @@ def quantize_model(
 
     with torch.no_grad():
         fuse_projections(model, make(mode))
-        for layer in model.layers:
+        for layer in layers_of(model):
             wo, w2 = layer.attention.wo, layer.feed_forward.w2
             if isinstance(wo, nn.Linear):
                 layer.attention.wo = make(mode)(wo.weight, wo.bias)
@@ -415,7 +432,7 @@ def prepare_for_inference(
     decode_op = None if chosen == "torch" or hd % 16 else kernels.ops(chosen).decode_attention
     if chosen == "avx512" and hd not in (64, 128):
         decode_op = None
-    for layer in model.layers:
+    for layer in layers_of(model):
         layer.attention.decode_op = decode_op
     # Per layer, None picks the machine's set where its shape allows (in_features divisible by 32), else
     # PyTorch's; a set forced by name (tests, benchmarks) is demanded of every layer.

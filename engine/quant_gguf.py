@@ -12,6 +12,7 @@ per channel from the float weights, like every other type. Q/K rows are un-permu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from gguf.constants import GGML_QUANT_SIZES, MODEL_TENSOR, GGMLQuantizationType,
 from torch import nn
 
 from engine.families import LLAMA, gguf_family, gguf_tensor_name, unpermute_qk
-from engine.model import Transformer
-from engine.quant import AffineInt4, Int4Linear, Int8Linear, _int4_group
+from engine.model import Block, Transformer
+from engine.quant import AffineInt4, Int4Linear, Int8Linear, _int4_group, layers_of
 
 Q4_TYPES = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 _LAYER_PARTS = {  # our fused/plain projection → the GGUF tensors it is made of, in row order
@@ -31,11 +32,11 @@ _LAYER_PARTS = {  # our fused/plain projection → the GGUF tensors it is made o
     "feed_forward.w13": (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP),
     "feed_forward.w2": (MODEL_TENSOR.FFN_DOWN,),
 }
-_UNFUSED = {
-    "attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
-    "attention.wo": ("attention.wo",),
-    "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3"),
-    "feed_forward.w2": ("feed_forward.w2",),
+_UNFUSED: dict[str, Callable[[Block], tuple[nn.Linear, ...]]] = {  # ... → the float layers it replaces
+    "attention.wqkv": lambda b: (b.attention.wq, b.attention.wk, b.attention.wv),
+    "attention.wo": lambda b: (b.attention.wo,),
+    "feed_forward.w13": lambda b: (b.feed_forward.w1, b.feed_forward.w3),
+    "feed_forward.w2": lambda b: (b.feed_forward.w2,),
 }
 
 
@@ -94,23 +95,23 @@ def quantize_from_gguf(
 
     # The fused float weight is built only where a projection is requantized: on the Q4 path it would be an
     # fp32 copy of every projection, concatenated and thrown away unread.
-    def float_weight(layer: nn.Module, ours: str) -> torch.Tensor:
-        return torch.cat([layer.get_submodule(n).weight.detach().float() for n in _UNFUSED[ours]])
+    def float_weight(layer: Block, ours: str) -> torch.Tensor:
+        return torch.cat([lin.weight.detach().float() for lin in _UNFUSED[ours](layer)])
 
-    def fused_bias(layer: nn.Module, ours: str) -> torch.Tensor | None:
-        biases = [layer.get_submodule(n).bias for n in _UNFUSED[ours]]
+    def fused_bias(layer: Block, ours: str) -> torch.Tensor | None:
+        biases = [lin.bias for lin in _UNFUSED[ours](layer)]
         if all(x is None for x in biases):
             return None
         return torch.cat([x.detach().float() for x in biases if x is not None])
 
     with torch.no_grad():
-        for i, layer in enumerate(model.layers):
+        for i, layer in enumerate(layers_of(model)):
             built: dict[str, nn.Module] = {}
             for ours, parts in _LAYER_PARTS.items():
                 bias = fused_bias(layer, ours)
-                blocks = [raw_affine(kind, i) for kind in parts]
-                if all(b is not None for b in blocks):
-                    built[ours] = Int4Linear(AffineInt4.cat(blocks), bias, kernel)  # type: ignore[arg-type]
+                stored = [a for kind in parts if (a := raw_affine(kind, i)) is not None]
+                if len(stored) == len(parts):
+                    built[ours] = Int4Linear(AffineInt4.cat(stored), bias, kernel)
                     report["gguf_q4"] += 1
                     continue
                 w = float_weight(layer, ours)

@@ -274,8 +274,8 @@ def set_amx(on: bool) -> bool:
 
 def describe() -> str:
     """One line for logs, benchmarks and test reports: the CPU's relevant features and the set in use."""
-    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16")
-    wanted += ("asimd", "asimddp")
+    x86 = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16")
+    wanted = (*x86, "asimd", "asimddp")
     flags = cpu_flags()
     has = " ".join(f for f in wanted if f in flags) or "none of the known SIMD flags"
     chosen = choose()

@@ -199,7 +199,7 @@ class ConnectionVM(Observable):
         finally:
             unbind()
 
-    def _set(self, state: str, detail: str) -> None:
+    def _set(self, state: LinkView, detail: str) -> None:
         if (state, detail) != (self.state, self.detail):
             self.state, self.detail = state, detail
             self.notify("state", state)

@@ -53,7 +53,7 @@ class StatusVM(Observable):
         conn.on_event(LLM_STATE, self._on_llm)
         conn.on_event(ROBOT, self._on_robot)
         conn.on_event(MODULE_STATE, self._on_module)
-        conn.on_event(SYS_LOADED, lambda ev: self.spawn(self.refresh(), name="enigma-app-status-refresh"))
+        conn.on_event(SYS_LOADED, self._on_loaded)
         conn.on_online(lambda restarted: self.refresh())
 
     # -- derived ----------------------------------------------------------------------------------------------
@@ -185,6 +185,9 @@ class StatusVM(Observable):
         if ev.body.get("state") == "unloaded":
             self.llm = None
         self.notify("llm", self.llm)
+
+    def _on_loaded(self, ev: Event) -> None:
+        self.spawn(self.refresh(), name="enigma-app-status-refresh")
 
     def _on_robot(self, ev: Event) -> None:
         rid = ev.body.get("id")

@@ -171,7 +171,7 @@ class EnigmaApp(App):
         return self.controller(name).screen
 
     def colour(self, key: str) -> Colour:
-        return tuple(getattr(self, f"c_{key}"))  # type: ignore[return-value]
+        return tuple(getattr(self, f"c_{key}"))
 
     def _on_resize(self) -> None:
         self.wide = Window.width >= dp(WIDE)

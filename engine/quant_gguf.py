@@ -31,12 +31,6 @@ _LAYER_PARTS = {  # our fused/plain projection → the GGUF tensors it is made o
     "feed_forward.w13": (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP),
     "feed_forward.w2": (MODEL_TENSOR.FFN_DOWN,),
 }
-_UNFUSED = {
-    "attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
-    "attention.wo": ("attention.wo",),
-    "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3"),
-    "feed_forward.w2": ("feed_forward.w2",),
-}
 
 
 def q4_blocks(raw: np.ndarray, kind: str) -> AffineInt4:
@@ -70,7 +64,7 @@ def quantize_from_gguf(
 ) -> dict[str, Any]:
     """Install quantized projections in ``model`` (loaded from ``path`` by ``engine.loader``): Q4_0/Q4_1 tensors
     go to int4 as stored; other types are quantized from the model's float weights with ``fallback``
-    ("int4"/"int8"). Projections are fused (wqkv, w13) on the way. Returns a count per source kind."""
+    ("int4"/"int8"). Returns a count per source kind."""
     from engine.gguf_loader import open_gguf
 
     if fallback not in ("int4", "int8") or head not in ("int4", "int8", "float"):
@@ -92,16 +86,12 @@ def quantize_from_gguf(
             raw = unpermute_qk(raw, heads)
         return q4_blocks(raw, t.tensor_type.name)
 
-    # The fused float weight is built only where a projection is requantized: on the Q4 path it would be an
-    # fp32 copy of every projection, concatenated and thrown away unread.
     def float_weight(layer: nn.Module, ours: str) -> torch.Tensor:
-        return torch.cat([layer.get_submodule(n).weight.detach().float() for n in _UNFUSED[ours]])
+        return layer.get_submodule(ours).weight.detach().float()
 
     def fused_bias(layer: nn.Module, ours: str) -> torch.Tensor | None:
-        biases = [layer.get_submodule(n).bias for n in _UNFUSED[ours]]
-        if all(x is None for x in biases):
-            return None
-        return torch.cat([x.detach().float() for x in biases if x is not None])
+        bias = layer.get_submodule(ours).bias
+        return None if bias is None else bias.detach().float()
 
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
@@ -119,11 +109,9 @@ def quantize_from_gguf(
                 else:
                     built[ours] = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), bias, kernel)
                 report["requantized"] += 1
-            attn, ff = layer.attention, layer.feed_forward
-            attn.wqkv, attn.wo = built["attention.wqkv"], built["attention.wo"]
-            ff.w13, ff.w2 = built["feed_forward.w13"], built["feed_forward.w2"]
-            attn.wq = attn.wk = attn.wv = None
-            ff.w1 = ff.w3 = None
+            for ours, module in built.items():
+                owner, _, name = ours.rpartition(".")
+                setattr(layer.get_submodule(owner), name, module)
         if head != "float" and isinstance(model.output, nn.Linear):
             out_q4 = raw_affine(MODEL_TENSOR.OUTPUT, None) if head == "int4" else None
             if out_q4 is not None:
@@ -134,5 +122,4 @@ def quantize_from_gguf(
                     model.output = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), kernel=kernel)
                 else:
                     model.output = Int8Linear.from_float(w, kernel=kernel)
-    model.quant = {"mode": "gguf", "fallback": fallback, "head": head, **report}  # type: ignore[assignment]
     return report

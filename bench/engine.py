@@ -103,8 +103,9 @@ def bench_native(model, tok, prompt: list[int], n_decode: int, repeats: int, com
 
     model.setup_cache(1, len(prompt) + n_decode + 8)
     notes = []
+    step = None
     if compiled:
-        report = compile_decode(model, "on", batch_sizes=(1,))
+        step, report = compile_decode(model, "on", batch_sizes=(1,))
         notes.append(f"compile {report['compile_s']}s")
     ids = torch.tensor([prompt])
     pos = torch.arange(len(prompt)).unsqueeze(0)
@@ -118,7 +119,7 @@ def bench_native(model, tok, prompt: list[int], n_decode: int, repeats: int, com
     ttft = min(_native_ttft(model, tok, prompt) for _ in range(repeats))
     steps: list[tuple[float, float]] = []
     for _ in range(repeats):
-        steps += _native_decode_steps(model, tok, prompt, n_decode)
+        steps += _native_decode_steps(model, tok, prompt, n_decode, step)
     return Row(
         "",
         prefill=len(prompt) / t_prefill,
@@ -138,10 +139,10 @@ def _native_ttft(model, tok, prompt: list[int]) -> float:
     return events[-1].ttft_ms / 1000  # type: ignore[union-attr]
 
 
-def _native_decode_steps(model, tok, prompt: list[int], n_decode: int) -> list[tuple[float, float]]:
+def _native_decode_steps(model, tok, prompt: list[int], n_decode: int, step=None) -> list[tuple[float, float]]:
     """Seconds per decode step of the real per-token path (forward, sample, detokenize, stop checks) —
     ``engine.generate``'s loop, timed step by step so a busy neighbour's burst only spoils its own steps."""
-    from engine.generate import Decoding, prefill_chunk
+    from engine.generate import Decoding, decode_step, prefill_chunk
     from engine.sampling import SamplingParams
 
     state = Decoding(NoStop(tok), prompt, SamplingParams(temperature=0.0, max_tokens=n_decode), model.config.vocab_size)
@@ -153,7 +154,7 @@ def _native_decode_steps(model, tok, prompt: list[int], n_decode: int) -> list[t
             t, c = time.perf_counter(), time.process_time()
             tok_ = torch.tensor([[state.last_token]])
             pos = torch.tensor([[state.position]])
-            logits = model(tok_, pos, slot=0, last_only=True, length=state.position + 1)[0, -1]
+            logits = decode_step(model, step, tok_, pos, state.position + 1)[0, -1]
             state.accept(state.sample(logits))
             out.append((time.perf_counter() - t, time.process_time() - c))
     return out
@@ -279,7 +280,7 @@ def bench_scheduler(
     model.drop_cache()
     sched = Scheduler(model, NoStop(tok), max_batch=max(levels), max_seq=512)
     if compiled:
-        compile_decode(model, "on", batch_sizes=(1, 2))
+        sched.set_decode_step(compile_decode(model, "on", batch_sizes=(1, 2))[0])
     failure: list[BaseException] = []
 
     def client() -> None:

@@ -80,7 +80,7 @@ class InProcess:
             self.tok = loaded.tokenizer
             self.ids = self.tok.encode(PROMPT, add_bos=self.tok.add_bos)
             self.sched = Scheduler(loaded.model, self.tok, max_batch, max_seq=context)
-            compile_decode(loaded.model, "auto", batch_sizes=(1, 2))
+            self.sched.set_decode_step(compile_decode(loaded.model, "auto", batch_sizes=(1, 2))[0])
         except BaseException as exc:  # re-raised by __init__
             self._failure.append(exc)
             ready.set()

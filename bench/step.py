@@ -35,6 +35,7 @@ def main() -> None:
     from daemon.modules.llm.native import _artifact_name, step_cache_dir
     from engine import kernels
     from engine.compile import AotUnavailable, ModelRecipe, build_artifact, load_artifact, step_key
+    from engine.generate import decode_step
     from engine.loader import default_model_path
 
     torch.set_num_threads(args.threads)
@@ -47,13 +48,12 @@ def main() -> None:
 
     def timed(rows: int, compiled: bool) -> float:
         with torch.inference_mode():
-            model.compiled_decode = None
             model(torch.full((rows, 16), 7), torch.arange(16)[None].expand(rows, 16), slot=0, last_only=True)
-            model.compiled_decode = step if compiled else None
             times = []
             for i in range(args.steps):
+                tokens, pos = torch.full((rows, 1), 5), torch.full((rows, 1), 16 + i)
                 t0 = time.perf_counter()
-                model(torch.full((rows, 1), 5), torch.full((rows, 1), 16 + i), slot=0, last_only=True, length=17 + i)
+                decode_step(model, step if compiled else None, tokens, pos, 17 + i)
                 times.append(time.perf_counter() - t0)
         return statistics.median(times) * 1000
 

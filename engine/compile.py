@@ -25,13 +25,13 @@ Inductor's cache has the kernels (SmolLM2 for one row and for batches: 75–130 
 - Anything that goes wrong — no C++ compiler on a Pi, an Inductor bug — leaves the model in eager mode and
   says why in the report, unless compilation was demanded.
 
-Serving skips Dynamo's guard checks (``skip_guard_eval_unsafe``: about 1 ms of a 8 ms step on SmolLM2). That
-is sound here because the step is reached only through ``Transformer.forward`` for one token per row on the
-cache it was compiled with, under inference mode, with int64 tokens and positions; the only thing that varies
-is the row count, and the guards that tell the one-row graph from the batch graph still run. What the
-warm-up specialises on (cache row 0, at least two positions) ``Transformer.forward`` checks before it calls
-the step: a one-token prompt, or a one-token prefill chunk in another row, runs eager instead. Reallocating or
-dropping the cache drops the compiled step (``Transformer.setup_cache``).
+Either form is a ``StepFn`` that the scheduler (or ``engine.generate.generate``) calls for its one-token steps in
+place of the model's forward; the model itself holds no step. Serving skips Dynamo's guard checks
+(``skip_guard_eval_unsafe``: about 1 ms of a 8 ms step on SmolLM2). That is sound here because the step itself
+checks what the warm-up specialised on before it runs a graph — cache row 0, at least two positions, and the
+very cache it was compiled with (``setup_cache`` makes a new ``cache_info``) — and runs anything else eagerly;
+it is called under inference mode, with int64 tokens and positions, one token per row; the only thing that
+varies is the row count, and the guards that tell the one-row graph from the batch graph still run.
 
 One compiled model per process: compiling one drops the compiled steps of any other (``torch.compiler.reset``),
 so a daemon that switches models neither piles up graphs against Dynamo's recompile limit nor keeps an
@@ -68,6 +68,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
+# A single-token decode step: (tokens, input_pos, slot, length, last_only) → logits, as
+# ``Transformer.forward_positions`` takes them. The scheduler calls it in place of the model's forward; a step
+# runs calls it was not built for (another cache row, a cache set up since) eagerly.
+StepFn = Callable[[Tensor, Tensor, int, int, bool], Tensor]
 
 
 class CompileFailed(EngineError, RuntimeError):
@@ -84,8 +88,9 @@ def cxx_compiler() -> str | None:
 
 def compile_decode(
     model: Transformer, mode: str = "auto", *, batch_sizes: tuple[int, ...] = (1, 2), cache_dir: Path | None = None
-) -> dict[str, Any]:
-    """Compile ``model``'s single-token step and warm it up for ``batch_sizes`` rows; returns a report.
+) -> tuple[StepFn | None, dict[str, Any]]:
+    """Compile ``model``'s single-token step and warm it up for ``batch_sizes`` rows: the step (None when it
+    stays eager) and a report.
 
     The model's KV cache must be allocated (``setup_cache``): the warm-up writes scratch keys at position 1
     of the first rows. ``mode``: ``auto`` compiles when a C++ compiler is present and falls back to eager on
@@ -93,9 +98,8 @@ def compile_decode(
     """
     if mode not in MODES:
         raise ValueError(f"compile must be one of {', '.join(MODES)}, got {mode!r}")
-    model.compiled_decode = None
     if mode == "off":
-        return {"compiled": False, "reason": "off"}
+        return None, {"compiled": False, "reason": "off"}
     info = model.cache_info
     if info.max_batch == 0:
         raise ValueError("compile_decode needs the model's KV cache (setup_cache) first")
@@ -116,6 +120,8 @@ def compile_decode(
             return compiled(tokens, input_pos, slot, length, last_only)
 
     def step(tokens: Tensor, input_pos: Tensor, slot: int, length: int, last_only: bool) -> Tensor:
+        if model.cache_info is not info or slot != 0 or length < 2:  # what the warm-up did not specialise on
+            return model.forward_positions(tokens, input_pos, slot, length, last_only)
         with torch.inference_mode(), torch.compiler.set_stance(skip_guard_eval_unsafe=True):
             return compiled(tokens.long().contiguous(), input_pos.long().contiguous(), slot, length, last_only)
 
@@ -129,10 +135,9 @@ def compile_decode(
             _warm_up(sizes, warm, model)
     except Exception as exc:  # an Inductor failure is any exception type; eager still works
         return _give_up(mode, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
-    model.compiled_decode = step
     seconds = time.perf_counter() - t0
     log.info("compiled the decode step for batch sizes %s in %.1f s", sizes, seconds)
-    return {"compiled": True, "compile_s": round(seconds, 1), "batch_sizes": sizes}
+    return step, {"compiled": True, "compile_s": round(seconds, 1), "batch_sizes": sizes}
 
 
 def _warm_up(sizes: list[int], warm: Callable[..., Tensor], model: Transformer) -> None:
@@ -151,11 +156,11 @@ def _warm_up(sizes: list[int], warm: Callable[..., Tensor], model: Transformer) 
             raise CompileFailed(f"the compiled step disagrees with eager at batch {b}")
 
 
-def _give_up(mode: str, reason: str) -> dict[str, Any]:
+def _give_up(mode: str, reason: str) -> tuple[None, dict[str, Any]]:
     if mode == "on":
         raise CompileFailed(f"cannot compile the decode step: {reason}")
     log.warning("decode step stays eager: %s", reason)
-    return {"compiled": False, "reason": reason}
+    return None, {"compiled": False, "reason": reason}
 
 
 # ==============================================================================================================
@@ -276,8 +281,8 @@ def _layout_hash(model: Transformer) -> str:
     h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     for name, t in _state(model):
         h.update(f"{name}:{tuple(t.shape)}:{t.stride()}:{t.dtype}\n".encode())
-    ops = {str(layer.attention.decode_op) for layer in model.layers}
-    h.update(repr(sorted(ops)).encode())
+    attends = {repr(block.attention.attend) for block in model.blocks}
+    h.update(repr((model.kernels, sorted(attends))).encode())
     return h.hexdigest()[:32]
 
 
@@ -334,6 +339,8 @@ class _Positions(nn.Module):
 class _StateAsInputs(nn.Module):
     """The step with the model's tensors as inputs. It registers no tensors of its own, so export lifts no
     weights into the package and every cache write lands in the tensor the caller passed."""
+
+    target: _Positions
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
@@ -417,13 +424,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class AotStep:
-    """A ``Transformer.compiled_decode`` made of AOTInductor packages: one graph for one row, one for 2..max_batch
-    rows. Each call passes the model's own tensors (weights and the live KV cache) by reference."""
+    """A decode step (``StepFn``) made of AOTInductor packages: one graph for one row, one for 2..max_batch rows.
+    Each call passes the model's own tensors (weights and the live KV cache) by reference."""
 
     def __init__(self, model: Transformer, runners: dict[int, Any]) -> None:
         self.model = model
         self.runners = runners
         self.state = [t for _, t in _state(model)]  # the tensors themselves: the step must see this very cache
+        self.cache_info = model.cache_info  # a new cache (setup_cache) is a new object: then the step runs eager
         self.max_seq = model.cache_info.max_seq
         self._spans = torch.empty(self.max_seq)  # a view of it carries the key count: no allocation per step
 
@@ -448,7 +456,8 @@ class AotStep:
     def __call__(self, tokens: Tensor, input_pos: Tensor, slot: int, length: int, last_only: bool) -> Tensor:
         b = tokens.shape[0]
         runner = self.runners.get(1) if b == 1 else next((r for n, r in self.runners.items() if n >= b > 1), None)
-        if runner is None or slot != 0 or length >= self.max_seq:  # outside what the graphs were built for
+        outside = slot != 0 or not 2 <= length < self.max_seq or self.model.cache_info is not self.cache_info
+        if runner is None or outside:  # not what the graphs were built for
             return self.model.forward_positions(tokens, input_pos, slot, length, last_only)
         span = self._spans[:length]
         return runner.boxed_run([tokens.long().contiguous(), input_pos.long().contiguous(), span, *self.state])[0]
@@ -642,10 +651,10 @@ def _builder_main(argv: Sequence[str]) -> int:
     try:
         recipe = ModelRecipe(**json.loads(args.recipe))
         loaded, _ = recipe.build()
-        for layer in loaded.model.layers:  # this process only traces and checks a few positions: leave the cache
-            cache = layer.attention.cache  # unwritten, so its pages never take memory (1.45 GB for SmolLM2)
-            if cache is not None:
-                cache.k, cache.v = torch.empty_like(cache.k), torch.empty_like(cache.v)
+        # This process only traces and checks a few positions: leave the cache unwritten, so that its pages never
+        # take memory (1.45 GB for SmolLM2).
+        for cache in loaded.model.caches():
+            cache.k, cache.v = torch.empty_like(cache.k), torch.empty_like(cache.v)
         key = step_key(loaded.model, recipe, [int(b) for b in args.batch_sizes.split(",")])
         meta = build_artifact(loaded.model, key, args.out)
     except Exception as exc:  # reported to the parent as a reason; the traceback goes to stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from engine.errors import EngineError
 from engine.model import Transformer
 from engine.sampling import SamplingParams, sample
 from engine.usage import Usage, decode_rate
+
+if TYPE_CHECKING:
+    from engine.compile import StepFn
 
 DEFAULT_PREFILL_CHUNK = 256
 _DETOK_CONTEXT = 4  # prompt tokens decoded ahead of the completion so a leading space survives detokenisation
@@ -262,6 +265,16 @@ def prefill_chunk(model: Transformer, ids: Sequence[int], start: int, slot: int)
     return model(tokens, pos, slot=slot, last_only=True, length=start + len(ids))[0, -1]
 
 
+def decode_step(
+    model: Transformer, step: StepFn | None, tokens: Tensor, input_pos: Tensor, length: int, slot: int = 0
+) -> Tensor:
+    """Logits (B, 1, V) of one token per row (``tokens``/``input_pos`` (B, 1)) through the compiled ``step`` when
+    there is one (``engine.compile``), else the model's eager forward."""
+    if step is not None:
+        return step(tokens, input_pos, slot, length, True)
+    return model(tokens, input_pos, slot=slot, last_only=True, length=length)
+
+
 def generate(
     model: Transformer,
     tokenizer: TokenizerLike,
@@ -271,9 +284,11 @@ def generate(
     cancel: threading.Event | None = None,
     prefill_chunk_size: int = DEFAULT_PREFILL_CHUNK,
     slot: int = 0,
+    step: StepFn | None = None,
 ) -> Iterator[str | Usage]:
     """Stream one completion: non-empty text deltas, then one ``Usage``. Uses cache row ``slot`` (a one-row
-    cache is set up if the model has none). ``cancel`` is checked before every step."""
+    cache is set up if the model has none) and a compiled decode ``step`` if given. ``cancel`` is checked
+    before every step."""
     if model.cache_info.max_batch == 0:
         model.setup_cache(1)
     check_prompt(model, prompt_ids, params.max_tokens)
@@ -296,7 +311,7 @@ def generate(
                 break
             tok = torch.tensor([[state.last_token]], dtype=torch.long)
             pos = torch.tensor([[state.position]], dtype=torch.long)
-            logits = model(tok, pos, slot=slot, last_only=True, length=state.position + 1)[0, -1]
+            logits = decode_step(model, step, tok, pos, state.position + 1, slot)[0, -1]
         if not state.done:
             text = state.cancel()
             if text:

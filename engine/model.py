@@ -2,26 +2,31 @@
 
 ModelConfig (+ presets) → RMSNorm → RoPE helpers → KVCache → Attention (GQA) → FeedForward (SwiGLU) → Block →
 Transformer. Names follow the papers and Meta's reference (``wq wk wv wo``, ``w1 w2 w3``, ``n_kv_heads``) so
-the code can be held against them. RoPE uses the "rotate half" (GPT-NeoX / Hugging Face) layout; loaders for
+the code can be held against them; wq/wk/wv and w1/w3 are stored fused (``wqkv``, ``w13``), and checkpoints in
+the usual names are joined as they load. RoPE uses the "rotate half" (GPT-NeoX / Hugging Face) layout; loaders for
 formats that store the interleaved layout (GGUF llama) permute q/k weights once at load time.
 
 Batching: the KV cache has ``max_batch`` rows (slots). A forward call works on rows ``[slot, slot + B)`` of
 the cache, each row at its own positions (``input_pos``), so a scheduler can prefill one request into its
-slot and then decode every active request in one step with per-row lengths. The model owns no
-infrastructure: no threads, no logging setup, no file formats.
+slot and then decode every active request in one step with per-row lengths. How attention reads the cache
+(PyTorch's SDPA or an enigma CPU kernel) is ``engine.attention``'s choice, made once when the cache is set up; a
+compiled decode step lives in ``engine.compile``. The model owns no infrastructure: no threads, no logging
+setup, no file formats.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from engine.attention import SDPA, Attend, choose_attention
 
 
 @dataclass
@@ -229,111 +234,91 @@ def os_zeroed(shape: tuple[int, ...], dtype: torch.dtype, align: int = 64) -> Te
 class KVCache(nn.Module):
     """Preallocated keys/values for ``max_batch`` rows of up to ``max_seq`` positions each."""
 
+    k: Tensor
+    v: Tensor
+
     def __init__(self, max_batch: int, max_seq: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> None:
         super().__init__()
         shape = (max_batch, n_kv_heads, max_seq, head_dim)
         self.register_buffer("k", os_zeroed(shape, dtype), persistent=False)
         self.register_buffer("v", os_zeroed(shape, dtype), persistent=False)
 
-    def update(self, slot: int, input_pos: Tensor, k: Tensor, v: Tensor, length: int) -> tuple[Tensor, Tensor]:
-        """Write k/v (B, Hkv, T, hd) at rows [slot, slot+B) and ``input_pos`` (B, T); return the views of
-        those rows up to ``length`` positions: (B, Hkv, length, hd)."""
+    def update(self, slot: int, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k/v (B, Hkv, T, hd) into rows [slot, slot + B) at ``input_pos`` (B, T); return the whole cache.
+
+        One ``index_put_`` into the whole buffer, so that a compiled step writes just these positions in place (a
+        write into a view of the buffer made Inductor copy the rows back whole: 11.2 → 8.7 ms a step with an
+        8-row cache on SmolLM2). An eager single row takes ``index_copy_``: 6 µs less a call, 0.36 ms of a
+        30-layer step."""
         b = input_pos.shape[0]
-        kc = self.k[slot : slot + b]
-        vc = self.v[slot : slot + b]
-        if torch.compiler.is_compiling():
-            # One index_put_ into the whole buffer: a compiled step then writes just these positions in place
-            # (a write into a view of the buffer made Inductor copy the rows back whole: 11.2 → 8.7 ms a step
-            # with an 8-row cache on SmolLM2).
+        if b == 1 and not torch.compiler.is_compiling():
+            self.k[slot].index_copy_(1, input_pos[0], k[0])
+            self.v[slot].index_copy_(1, input_pos[0], v[0])
+        else:
             rows = torch.arange(slot, slot + b, device=input_pos.device)[:, None]  # (B, 1) broadcast with (B, T)
             self.k[rows, :, input_pos] = k.transpose(1, 2)  # the indexed shape is (B, T, Hkv, hd)
             self.v[rows, :, input_pos] = v.transpose(1, 2)
-        elif b == 1:  # eager: the cheapest ops, and still no host sync on the positions
-            kc[0].index_copy_(1, input_pos[0], k[0])
-            vc[0].index_copy_(1, input_pos[0], v[0])
-        else:
-            idx = input_pos[:, None, :, None].expand(b, k.shape[1], input_pos.shape[1], k.shape[3])
-            kc.scatter_(2, idx, k)
-            vc.scatter_(2, idx, v)
-        return kc[:, :, :length], vc[:, :, :length]
+        return self.k, self.v
 
 
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of one new token per row, for the compiled step: q (B, H, 1, hd) against k/v (B, Hkv, L, hd)
-    → (B, Hkv, H/Hkv, hd), with the query heads of each KV group stacked as rows (GQA without repeated keys).
+# --------------------------------------------------------------------------------------------------------------
+# wq/wk/wv and w1/w3 are stored as one projection each (one matmul instead of three or two: at 135M parameters
+# the per-call overhead is a real share of a token). Checkpoints in the usual names are joined as they load.
+FUSED: dict[str, tuple[str, ...]] = {
+    "attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
+    "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3"),
+}
 
-    Measured on SmolLM2 with two threads: inside the compiled step, two matmuls and a softmax beat SDPA's CPU
-    kernel (a step at 2/4/8 rows: 10.7/14.1/25.2 ms against 12.0/15.8/27.3; one row: 8.7 either way). Eager,
-    SDPA is the faster of the two (16 against 28 µs a call at one row), so eager keeps it.
-    ``mask`` (B, 1, 1, L) is additive (rows of a batch have different lengths).
-    """
-    b, h, _, hd = q.shape
-    hkv = k.shape[1]
-    qg = q.reshape(b, hkv, h // hkv, hd) * (1.0 / math.sqrt(hd))
-    scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, Hkv, G, L)
-    if mask is not None:
-        scores = scores + mask
-    return torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), v)
+
+def projection_rows(c: ModelConfig) -> dict[str, int]:
+    """Output rows of each projection a fused one is made of, by its name in a block."""
+    q, kv = c.n_heads * c.hd, c.kv_heads * c.hd
+    attention = dict(zip(FUSED["attention.wqkv"], (q, kv, kv), strict=True))
+    return attention | dict.fromkeys(FUSED["feed_forward.w13"], c.ffn_dim)
+
+
+def join_projections(state: dict[str, Tensor], prefix: str) -> None:
+    """Replace a block's separate projections in ``state`` (names under ``prefix``) by the fused ones, in place;
+    a projection with a part missing is left as it is (the loader names what is missing)."""
+    for fused, parts in FUSED.items():
+        for suffix in (".weight", ".bias"):
+            names = [prefix + part + suffix for part in parts]
+            if all(n in state for n in names):
+                state[prefix + fused + suffix] = torch.cat([state.pop(n) for n in names])
 
 
 class Attention(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.kv_heads, c.hd
-        self.wq = nn.Linear(c.dim, c.n_heads * c.hd, bias=c.attn_bias)
-        self.wk = nn.Linear(c.dim, c.kv_heads * c.hd, bias=c.attn_bias)
-        self.wv = nn.Linear(c.dim, c.kv_heads * c.hd, bias=c.attn_bias)
+        self.wqkv = nn.Linear(c.dim, (c.n_heads + 2 * c.kv_heads) * c.hd, bias=c.attn_bias)
         self.wo = nn.Linear(c.n_heads * c.hd, c.dim, bias=False)
-        # Inference may join wq/wk/wv into one projection (engine.quant.fuse_projections): one matmul per layer.
-        self.wqkv: nn.Module | None = None
         self.cache: KVCache | None = None
-        # Single-token steps on an fp32 cache use this op when set: an enigma kernel set's decode_attention
-        # (engine.kernels; engine.quant.prepare_for_inference sets it).
-        self.decode_op: Any = None
+        self.attend: Attend = SDPA  # chosen with the cache (Transformer.setup_cache)
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, slot: int, length: int
     ) -> Tensor:
         b, t, _ = x.shape
         h, hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        if self.wqkv is not None:
-            qkv = self.wqkv(x).view(b, t, h + 2 * hkv, hd)
-            q, k = apply_rotary_emb(qkv[:, :, : h + hkv], cos, sin).split((h, hkv), dim=2)  # one RoPE for q and k
-            v = qkv[:, :, h + hkv :]
-        else:
-            q = apply_rotary_emb(self.wq(x).view(b, t, h, hd), cos, sin)  # (B, T, H, hd)
-            k = apply_rotary_emb(self.wk(x).view(b, t, hkv, hd), cos, sin)  # (B, T, Hkv, hd)
-            v = self.wv(x).view(b, t, hkv, hd)
+        qkv = self.wqkv(x).view(b, t, h + 2 * hkv, hd)
+        q, k = apply_rotary_emb(qkv[:, :, : h + hkv], cos, sin).split((h, hkv), dim=2)  # one RoPE for q and k
+        v = qkv[:, :, h + hkv :]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, hd)
         if self.cache is not None:
-            k, v = self.cache.update(slot, input_pos, k, v, length)  # (B, Hkv, L, hd)
-            if t == 1 and self.decode_op is not None and self.cache.k.dtype == torch.float32:
-                y = self.decode_op(q[:, :, 0], self.cache.k, self.cache.v, slot, input_pos[:, 0], 1.0 / math.sqrt(hd))
-                return self.wo(y.reshape(b, t, h * hd))
-        if t == 1 and torch.compiler.is_compiling():
-            y = decode_attention(q, k, v, mask).reshape(b, t, h * hd)
-        else:
-            if mask is None:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=True)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-            y = y.transpose(1, 2).reshape(b, t, h * hd)  # (B, T, H*hd)
-        return self.wo(y)
+            k, v = self.cache.update(slot, input_pos, k, v)  # (max_batch, Hkv, max_seq, hd)
+        return self.wo(self.attend(q, k, v, slot, input_pos, length, mask))  # attend: (B, T, H*hd)
 
 
 class FeedForward(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        self.w1 = nn.Linear(c.dim, c.ffn_dim, bias=c.mlp_bias)  # gate
-        self.w3 = nn.Linear(c.dim, c.ffn_dim, bias=c.mlp_bias)  # up
+        self.w13 = nn.Linear(c.dim, 2 * c.ffn_dim, bias=c.mlp_bias)  # gate (w1) and up (w3)
         self.w2 = nn.Linear(c.ffn_dim, c.dim, bias=c.mlp_bias)  # down
-        self.w13: nn.Module | None = None  # w1 and w3 joined for inference (engine.quant.fuse_projections)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.w13 is not None:
-            gate, up = self.w13(x).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -343,6 +328,7 @@ class Block(nn.Module):
         self.attention = Attention(c)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
         self.feed_forward = FeedForward(c)
+        self.register_load_state_dict_pre_hook(_join_on_load)
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, input_pos: Tensor, slot: int, length: int
@@ -351,14 +337,20 @@ class Block(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def _join_on_load(module: nn.Module, state: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    join_projections(state, prefix)
+
+
 @dataclass
-class _CacheInfo:
+class CacheInfo:
     max_batch: int = 0
     max_seq: int = 0
     dtype: torch.dtype = field(default=torch.float32)
 
 
 class Transformer(nn.Module):
+    rope: Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -372,41 +364,54 @@ class Transformer(nn.Module):
             self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
-            self.output.weight = self.tok_embeddings.weight
+            output.weight = self.tok_embeddings.weight
+        self.output: nn.Module = output  # a quantized layer replaces it at load (engine.quant)
         rope = (
             torch.empty(config.max_seq_len, 2, config.hd)
             if skeleton
             else precompute_rope(config.hd, config.max_seq_len, config.rope_theta, config.rope_scaling)
         )
         self.register_buffer("rope", rope, persistent=False)
-        self.cache_info = _CacheInfo()
-        # A compiled single-token step (engine.compile.compile_decode) that forward uses when it is set.
-        self.compiled_decode: Callable[[Tensor, Tensor, int, int, bool], Tensor] | None = None
+        self.cache_info = CacheInfo()
+        # The CPU kernel set the weights were laid out for (engine.quant.prepare_for_inference), or None: it
+        # decides which attention a cache is served with.
+        self.kernels: str | None = None
+
+    @property
+    def blocks(self) -> Sequence[Block]:
+        return cast("Sequence[Block]", self.layers)
 
     def setup_cache(self, max_batch: int, max_seq: int | None = None, dtype: torch.dtype | None = None) -> None:
-        """Allocate the KV cache for ``max_batch`` concurrent rows of ``max_seq`` positions."""
+        """Allocate the KV cache for ``max_batch`` concurrent rows of ``max_seq`` positions, and choose the
+        attention that reads it (``engine.attention.choose``)."""
         max_seq = min(max_seq or self.config.max_seq_len, self.config.max_seq_len)
         dtype = dtype or self.tok_embeddings.weight.dtype
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             dtype = torch.float32
-        for layer in self.layers:
-            layer.attention.cache = KVCache(max_batch, max_seq, self.config.kv_heads, self.config.hd, dtype)
-        self.cache_info = _CacheInfo(max_batch, max_seq, dtype)
-        self.compiled_decode = None  # compiled for the old cache's buffers: it must never see the new ones
+        attend = choose_attention(self.kernels, self.config.hd, dtype)
+        for block in self.blocks:
+            block.attention.cache = KVCache(max_batch, max_seq, self.config.kv_heads, self.config.hd, dtype)
+            block.attention.attend = attend
+        self.cache_info = CacheInfo(max_batch, max_seq, dtype)
 
     def drop_cache(self) -> None:
-        for layer in self.layers:
-            layer.attention.cache = None
-        self.cache_info = _CacheInfo()
-        self.compiled_decode = None
+        for block in self.blocks:
+            block.attention.cache = None
+            block.attention.attend = SDPA
+        self.cache_info = CacheInfo()
+
+    def caches(self) -> list[KVCache]:
+        """Each layer's KV cache, in layer order (allocated by ``setup_cache``)."""
+        caches = [block.attention.cache for block in self.blocks]
+        if any(c is None for c in caches):
+            raise ValueError("the model has no KV cache (setup_cache)")
+        return cast("list[KVCache]", caches)
 
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Copy one cache row to another (the scheduler compacts rows when a request leaves)."""
-        for layer in self.layers:
-            cache = layer.attention.cache
-            assert cache is not None
+        for cache in self.caches():
             cache.k[dst, :, :length] = cache.k[src, :, :length]
             cache.v[dst, :, :length] = cache.v[src, :, :length]
 
@@ -432,8 +437,7 @@ class Transformer(nn.Module):
         if input_pos is None:
             input_pos = torch.arange(t, device=tokens.device).expand(b, t)
             length = t
-        cached = self.cache_info.max_batch > 0
-        if cached:
+        if self.cache_info.max_batch > 0:
             if slot + b > self.cache_info.max_batch:
                 raise ValueError(f"rows {slot}..{slot + b - 1} exceed the cache's {self.cache_info.max_batch}")
             if length is None:
@@ -446,29 +450,23 @@ class Transformer(nn.Module):
             length = t
             if t > self.config.max_seq_len:
                 raise ValueError(f"{t} tokens exceed the context length {self.config.max_seq_len}")
-        # The compiled step serves what it was warmed up for (engine.compile): one token per row from cache row 0,
-        # with at least two positions; for one token, last_only changes nothing.
-        step = self.compiled_decode if t == 1 and cached and slot == 0 and length > 1 else None
-        if step is not None:
-            return step(tokens, input_pos, slot, length, True)
         return self.forward_positions(tokens, input_pos, slot, length, last_only)
 
     def forward_positions(self, tokens: Tensor, input_pos: Tensor, slot: int, length: int, last_only: bool) -> Tensor:
         """The forward pass once positions are checked: tensor code only (no host syncs, no Python-side
-        values read from tensors), so ``torch.compile`` traces it whole (``engine.compile``)."""
+        values read from tensors), so that it traces whole (``engine.compile``)."""
         b, t = tokens.shape
-        cached = self.cache_info.max_batch > 0
         cos, sin = rope_for(self.rope, input_pos, self.tok_embeddings.weight.dtype)  # (B, T, 1, hd) each
         mask: Tensor | None = None
-        if cached and (b > 1 or t > 1):  # one row decoding one token sees all its `length` keys: no mask
+        if self.cache_info.max_batch > 0 and (b > 1 or t > 1):  # one row decoding one token sees all its keys
             # Key j is visible to the query at position p iff j <= p: per-row lengths for free. Additive, built
             # once here: SDPA would otherwise convert a boolean mask in every layer.
             keys = torch.arange(length, device=tokens.device)
             visible = keys[None, None, None, :] <= input_pos[:, None, :, None]  # (B, 1, T, L)
             mask = torch.zeros(visible.shape, dtype=cos.dtype).masked_fill_(~visible, float("-inf"))
         x = self.tok_embeddings(tokens)  # (B, T, dim)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos, slot, length)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask, input_pos, slot, length)
         if last_only:
             x = x[:, -1:]
         return self.output(self.norm(x)).float()

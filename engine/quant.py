@@ -12,9 +12,8 @@ computes ``w = (code - 8) * scale + zero``). Measured on this machine's AVX-512 
 bfloat16 activations (float32 falls to a scalar path 100× slower), so the quantized layers multiply in bf16
 and hand back the caller's dtype; the residual stream, norms and attention keep theirs.
 
-Before quantizing, ``fuse_projections`` joins wq/wk/wv into one ``wqkv`` and w1/w3 into one ``w13`` (one
-kernel call instead of three or two: at 135M parameters the per-call overhead is a real share of a token).
-Fusing happens after loading, so checkpoints keep the usual parameter names.
+The model holds wq/wk/wv as one ``wqkv`` and w1/w3 as one ``w13`` (``engine.model``): one kernel call per
+projection instead of three or two.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from engine import kernels
 from engine.errors import EngineError
-from engine.model import Attention, Block, FeedForward, Transformer
+from engine.model import Transformer
 
 MODES = ("int8", "int4")
 _Q4_BLOCK = 32
@@ -38,6 +37,8 @@ KERNELS = ("enigma", "torch", *kernels.ISAS)  # "enigma": the set engine.kernels
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 _INNER_K_TILES = 2
 _KERNEL_DTYPE = torch.bfloat16
+# Each block's projections, as (module in the block, attribute): what quantization replaces.
+PROJECTIONS = (("attention", "wqkv"), ("attention", "wo"), ("feed_forward", "w13"), ("feed_forward", "w2"))
 
 
 class UnsupportedQuantization(EngineError, ValueError):
@@ -298,45 +299,6 @@ def _layout(kernel: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def layers_of(model: Transformer) -> list[Block]:
-    """The model's blocks, typed: torch types the items of an ``nn.ModuleList`` as plain ``nn.Module``s."""
-    return cast("list[Block]", list(model.layers))
-
-
-def _cat_bias(linears: Sequence[nn.Linear]) -> Tensor | None:
-    if all(lin.bias is None for lin in linears):
-        return None
-    return torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears])
-
-
-def fuse_projections(model: Transformer, make: Callable[[Tensor, Tensor | None], nn.Module] | None = None) -> None:
-    """Join each layer's wq/wk/wv into ``wqkv`` and w1/w3 into ``w13`` (in place; idempotent).
-
-    ``make(weight, bias)`` builds the fused layer from the concatenated float weight; by default a float
-    ``nn.Linear``. The separate projections are dropped so their memory is freed.
-    """
-
-    def linear(weight: Tensor, bias: Tensor | None) -> nn.Module:
-        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-        lin.weight = nn.Parameter(weight, requires_grad=False)
-        if bias is not None:
-            lin.bias = nn.Parameter(bias, requires_grad=False)
-        return lin
-
-    build = make or linear
-    for layer in layers_of(model):
-        attn: Attention = layer.attention
-        if attn.wqkv is None:
-            parts = [attn.wq, attn.wk, attn.wv]
-            attn.wqkv = build(torch.cat([p.weight.detach() for p in parts]), _cat_bias(parts))
-            attn.wq = attn.wk = attn.wv = None
-        ff: FeedForward = layer.feed_forward
-        if ff.w13 is None:
-            parts = [ff.w1, ff.w3]
-            ff.w13 = build(torch.cat([p.weight.detach() for p in parts]), _cat_bias(parts))
-            ff.w1 = ff.w3 = None
-
-
 def _int4_group(in_features: int, group_size: int) -> int:
     """The requested group, or the largest supported one that divides ``in_features`` (576 has no 128s)."""
     for g in sorted((g for g in INT4_GROUP_SIZES if g <= group_size), reverse=True):
@@ -348,7 +310,7 @@ def _int4_group(in_features: int, group_size: int) -> int:
 def quantize_model(
     model: Transformer, mode: str = "int4", group_size: int = 32, head: str | None = None, kernel: str | None = None
 ) -> Transformer:
-    """Quantize every projection of ``model`` in place (fusing qkv and w1/w3 first) and return it.
+    """Quantize every projection of ``model`` in place and return it.
 
     ``head`` is the mode of the output projection: by default int8 in both modes (with a 49k vocabulary the
     logits are sensitive and int8 costs little more than int4). The token embedding stays in float: a
@@ -371,16 +333,14 @@ def quantize_model(
         return build
 
     with torch.no_grad():
-        fuse_projections(model, make(mode))
-        for layer in layers_of(model):
-            wo, w2 = layer.attention.wo, layer.feed_forward.w2
-            if isinstance(wo, nn.Linear):
-                layer.attention.wo = make(mode)(wo.weight, wo.bias)
-            if isinstance(w2, nn.Linear):
-                layer.feed_forward.w2 = make(mode)(w2.weight, w2.bias)
+        for block in model.blocks:
+            for owner, name in PROJECTIONS:
+                module = block.get_submodule(owner)
+                lin = getattr(module, name)
+                if isinstance(lin, nn.Linear):
+                    setattr(module, name, make(mode)(lin.weight, lin.bias))
         if head != "float" and isinstance(model.output, nn.Linear):
             model.output = make(head)(model.output.weight, model.output.bias)
-    model.quant = {"mode": mode, "group_size": group_size, "head": head}  # type: ignore[assignment]
     return model
 
 
@@ -405,7 +365,7 @@ def prepare_for_inference(
 
     ``auto``: a GGUF ``source`` with Q4_0/Q4_1 projections loads them straight into int4 (``quant_gguf``),
     anything else is quantized to int4 group 32 (int8 head). ``int8``/``int4`` force that mode; ``float``
-    keeps the weights and only fuses the projections. The model is inference-only afterwards.
+    keeps the weights. The model is inference-only afterwards.
 
     ``kernel``: ``auto`` builds/loads enigma's own CPU kernels (``engine.kernels``) where the CPU has them and
     uses PyTorch's elsewhere; ``enigma`` demands ours; ``torch`` keeps PyTorch's. ``kernel_root``: where ours
@@ -428,18 +388,12 @@ def prepare_for_inference(
     used: dict[str, Any] = {"kernel": chosen}
     if chosen == "avx512":
         used["amx"] = kernels.amx()
-    hd = model.config.hd
-    decode_op = None if chosen == "torch" or hd % 16 else kernels.ops(chosen).decode_attention
-    if chosen == "avx512" and hd not in (64, 128):
-        decode_op = None
-    for layer in layers_of(model):
-        layer.attention.decode_op = decode_op
+    # The weights are laid out for this set from here on; a cache set up afterwards attends with its kernel.
+    model.kernels = None if chosen == "torch" else chosen
     # Per layer, None picks the machine's set where its shape allows (in_features divisible by 32), else
     # PyTorch's; a set forced by name (tests, benchmarks) is demanded of every layer.
     layer_kernel = None if chosen == kernels.active() else chosen
     if mode == "float":
-        with torch.no_grad():
-            fuse_projections(model)
         return {"mode": "float", **used}
     if mode == "auto" and source is not None and str(source).endswith(".gguf"):
         from engine.quant_gguf import quantize_from_gguf

@@ -12,9 +12,8 @@ per channel from the float weights, like every other type. Q/K rows are un-permu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,8 +21,8 @@ from gguf.constants import GGML_QUANT_SIZES, MODEL_TENSOR, GGMLQuantizationType,
 from torch import nn
 
 from engine.families import LLAMA, gguf_family, gguf_tensor_name, unpermute_qk
-from engine.model import Block, Transformer
-from engine.quant import AffineInt4, Int4Linear, Int8Linear, _int4_group, layers_of
+from engine.model import Transformer
+from engine.quant import AffineInt4, Int4Linear, Int8Linear, _int4_group
 
 Q4_TYPES = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 _LAYER_PARTS = {  # our fused/plain projection → the GGUF tensors it is made of, in row order
@@ -31,12 +30,6 @@ _LAYER_PARTS = {  # our fused/plain projection → the GGUF tensors it is made o
     "attention.wo": (MODEL_TENSOR.ATTN_OUT,),
     "feed_forward.w13": (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP),
     "feed_forward.w2": (MODEL_TENSOR.FFN_DOWN,),
-}
-_UNFUSED: dict[str, Callable[[Block], tuple[nn.Linear, ...]]] = {  # ... → the float layers it replaces
-    "attention.wqkv": lambda b: (b.attention.wq, b.attention.wk, b.attention.wv),
-    "attention.wo": lambda b: (b.attention.wo,),
-    "feed_forward.w13": lambda b: (b.feed_forward.w1, b.feed_forward.w3),
-    "feed_forward.w2": lambda b: (b.feed_forward.w2,),
 }
 
 
@@ -71,7 +64,7 @@ def quantize_from_gguf(
 ) -> dict[str, Any]:
     """Install quantized projections in ``model`` (loaded from ``path`` by ``engine.loader``): Q4_0/Q4_1 tensors
     go to int4 as stored; other types are quantized from the model's float weights with ``fallback``
-    ("int4"/"int8"). Projections are fused (wqkv, w13) on the way. Returns a count per source kind."""
+    ("int4"/"int8"). Returns a count per source kind."""
     from engine.gguf_loader import open_gguf
 
     if fallback not in ("int4", "int8") or head not in ("int4", "int8", "float"):
@@ -93,19 +86,18 @@ def quantize_from_gguf(
             raw = unpermute_qk(raw, heads)
         return q4_blocks(raw, t.tensor_type.name)
 
-    # The fused float weight is built only where a projection is requantized: on the Q4 path it would be an
-    # fp32 copy of every projection, concatenated and thrown away unread.
-    def float_weight(layer: Block, ours: str) -> torch.Tensor:
-        return torch.cat([lin.weight.detach().float() for lin in _UNFUSED[ours](layer)])
+    def float_linear(layer: nn.Module, ours: str) -> nn.Linear:
+        return cast(nn.Linear, layer.get_submodule(ours))  # still the loader's float layer here
 
-    def fused_bias(layer: Block, ours: str) -> torch.Tensor | None:
-        biases = [lin.bias for lin in _UNFUSED[ours](layer)]
-        if all(x is None for x in biases):
-            return None
-        return torch.cat([x.detach().float() for x in biases if x is not None])
+    def float_weight(layer: nn.Module, ours: str) -> torch.Tensor:
+        return float_linear(layer, ours).weight.detach().float()
+
+    def fused_bias(layer: nn.Module, ours: str) -> torch.Tensor | None:
+        bias = float_linear(layer, ours).bias
+        return None if bias is None else bias.detach().float()
 
     with torch.no_grad():
-        for i, layer in enumerate(layers_of(model)):
+        for i, layer in enumerate(model.blocks):
             built: dict[str, nn.Module] = {}
             for ours, parts in _LAYER_PARTS.items():
                 bias = fused_bias(layer, ours)
@@ -120,11 +112,9 @@ def quantize_from_gguf(
                 else:
                     built[ours] = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), bias, kernel)
                 report["requantized"] += 1
-            attn, ff = layer.attention, layer.feed_forward
-            attn.wqkv, attn.wo = built["attention.wqkv"], built["attention.wo"]
-            ff.w13, ff.w2 = built["feed_forward.w13"], built["feed_forward.w2"]
-            attn.wq = attn.wk = attn.wv = None
-            ff.w1 = ff.w3 = None
+            for ours, module in built.items():
+                owner, _, name = ours.rpartition(".")
+                setattr(layer.get_submodule(owner), name, module)
         if head != "float" and isinstance(model.output, nn.Linear):
             out_q4 = raw_affine(MODEL_TENSOR.OUTPUT, None) if head == "int4" else None
             if out_q4 is not None:
@@ -135,5 +125,4 @@ def quantize_from_gguf(
                     model.output = Int4Linear.from_float(w, _int4_group(w.shape[1], group_size), kernel=kernel)
                 else:
                     model.output = Int8Linear.from_float(w, kernel=kernel)
-    model.quant = {"mode": "gguf", "fallback": fallback, "head": head, **report}  # type: ignore[assignment]
     return report

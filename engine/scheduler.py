@@ -24,21 +24,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from engine.errors import EngineError
-from engine.generate import DEFAULT_PREFILL_CHUNK, Decoding, TokenizerLike, check_prompt, prefill_chunk
+from engine.generate import DEFAULT_PREFILL_CHUNK, Decoding, TokenizerLike, check_prompt, decode_step, prefill_chunk
 from engine.model import Transformer
 from engine.sampling import BatchSettings, SamplingParams, sample_batch
 from engine.usage import Usage
 
+if TYPE_CHECKING:
+    from engine.compile import StepFn
+
 log = logging.getLogger(__name__)
 
 Event = str | Usage
-StepFn = Callable[[Tensor, Tensor, int, int, bool], Tensor]  # Transformer.compiled_decode
 
 
 class Busy(EngineError):
@@ -208,7 +210,9 @@ class Scheduler:
         }
         self._steps = 0
         self._batch_sum = 0
-        # A decode step handed over by another thread (set_decode_step), applied by the worker between steps.
+        # The compiled decode step (engine.compile) the decode steps run through, or None for the eager forward;
+        # one handed over by another thread (set_decode_step) waits in _new_step for the worker to apply it.
+        self.decode_step: StepFn | None = None
         self._new_step: tuple[StepFn | None, Callable[[], None] | None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -240,7 +244,7 @@ class Scheduler:
             self._serving_thread = threading.current_thread()
             handed, self._new_step = self._new_step, None
         if handed is not None:  # a step handed over before serving began is in place before the first request
-            self.model.compiled_decode = handed[0]
+            self.decode_step = handed[0]
             if handed[1] is not None:
                 handed[1]()
         if ready is not None:
@@ -288,7 +292,7 @@ class Scheduler:
         step: StepFn | None,
         applied: Callable[[], None] | None = None,
     ) -> None:
-        """Give the model a new single-token step (``Transformer.compiled_decode``) from any thread.
+        """Serve the decode steps with a new compiled step (``engine.compile``; None: eager) from any thread.
 
         The worker swaps it in at the top of its loop, between two steps, so no step runs half on one and half on
         the other and no stream pauses (a background compile finishes while requests are decoding). ``applied``
@@ -329,7 +333,7 @@ class Scheduler:
                     if not self._running:
                         break
                     if self._new_step is not None:
-                        self.model.compiled_decode, applied = self._new_step
+                        self.decode_step, applied = self._new_step
                         self._new_step = None
                     self._admit()
                 if applied is not None:
@@ -436,7 +440,7 @@ class Scheduler:
         tokens = torch.tensor([[r.state.last_token] for r in rows], dtype=torch.long)
         pos = torch.tensor([[r.state.position] for r in rows], dtype=torch.long)
         length = max(r.state.position for r in rows) + 1  # known here: the model reads nothing back from pos
-        logits = self.model(tokens, pos, slot=0, last_only=True, length=length)[:, -1]  # (n, V)
+        logits = decode_step(self.model, self.decode_step, tokens, pos, length)[:, -1]  # (n, V)
         key = tuple(r.handle.id for r in rows)
         if key != self._settings_key or self._settings is None:
             self._settings_key, self._settings = key, BatchSettings.of([r.state.params for r in rows])

@@ -64,12 +64,12 @@ def artifact(recipe: ModelRecipe, tmp_path_factory) -> tuple[Path, dict[str, Any
         job = BackgroundCompile(model, recipe, directory, install, batch_sizes=BATCHES).start()
         eager = [sched.submit(tok.encode(p), params).collect(60)[0] for p in PROMPTS]
         assert job.state == "compiling"  # those were served while the step was being built
-        assert model.compiled_decode is None
+        assert sched.decode_step is None
         assert job.done.wait(BUILD_TIMEOUT), "the build did not finish"
         assert job.state is True, job.reason
         assert installed.wait(60)
         compiled = [sched.submit(tok.encode(p), params).collect(60)[0] for p in PROMPTS]
-    step = model.compiled_decode
+        step = sched.decode_step
     assert isinstance(step, CountingStep)
     assert step.calls > 20
     assert compiled == eager

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 import engine.compile as compile_mod
-from engine.compile import CompileFailed, compile_decode
+from engine.attention import grouped_decode
+from engine.compile import CompileFailed, StepFn, compile_decode
 from engine.generate import Usage, generate
-from engine.model import decode_attention
 from engine.quant import quantize_model
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
@@ -34,18 +35,31 @@ def tok():
     return byte_tokenizer().with_stop_ids(set())
 
 
+@dataclass
+class Compiled:
+    model: torch.nn.Module
+    step: StepFn
+    calls: int = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.step(*args)
+
+
 @pytest.fixture(scope="module")
-def compiled() -> torch.nn.Module:
+def compiled() -> Compiled:
     """One int4 tiny model compiled for one row and for batches (compiling is the slow part: tests share it)."""
     model = _int4_model(max_batch=4)
-    report = compile_decode(model, "on", batch_sizes=(1, 2))
+    step, report = compile_decode(model, "on", batch_sizes=(1, 2))
     assert report["compiled"] is True
     assert report["batch_sizes"] == [1, 2]
-    return model
+    assert step is not None
+    return Compiled(model, step)
 
 
-def _greedy(model, tok, prompt: str, n: int = 24) -> tuple[list[int], str]:
-    events = list(generate(model, tok, tok.encode(prompt), SamplingParams(temperature=0.0, max_tokens=n)))
+def _greedy(model, tok, prompt: str, n: int = 24, step=None) -> tuple[list[int], str]:
+    params = SamplingParams(temperature=0.0, max_tokens=n)
+    events = list(generate(model, tok, tok.encode(prompt), params, step=step))
     assert isinstance(events[-1], Usage)
     text = "".join(e for e in events if isinstance(e, str))
     return tok.encode(text), text
@@ -54,16 +68,13 @@ def _greedy(model, tok, prompt: str, n: int = 24) -> tuple[list[int], str]:
 def test_compiled_decode_logits_match_eager(compiled) -> None:
     prompt = torch.tensor([byte_tokenizer().encode("hello there, the quick brown fox")])
     n = prompt.shape[1]
+    model = compiled.model
     with torch.inference_mode():
-        compiled(prompt, torch.arange(n)[None], slot=0)
+        model(prompt, torch.arange(n)[None], slot=0)
         pos = torch.tensor([[n]])
-        got = compiled(torch.tensor([[7]]), pos, slot=0, last_only=True)
-        step, compiled.compiled_decode = compiled.compiled_decode, None
-        try:
-            want = compiled(torch.tensor([[7]]), pos, slot=0, last_only=True)
-        finally:
-            compiled.compiled_decode = step
-    assert got.shape == want.shape == (1, 1, compiled.config.vocab_size)
+        got = compiled(torch.tensor([[7]]), pos, 0, n + 1, True)
+        want = model(torch.tensor([[7]]), pos, slot=0, last_only=True)
+    assert got.shape == want.shape == (1, 1, model.config.vocab_size)
     # Inductor fuses the bf16 casts around the int4 kernels differently: close, not bit-equal.
     assert (got - want).abs().max().item() < 2e-2
     assert got.argmax().item() == want.argmax().item()
@@ -71,14 +82,17 @@ def test_compiled_decode_logits_match_eager(compiled) -> None:
 
 def test_compiled_greedy_text_equals_eager(compiled, tok) -> None:
     eager = _int4_model(max_batch=1)
+    before = compiled.calls
     for prompt in PROMPTS:
-        assert _greedy(compiled, tok, prompt)[1] == _greedy(eager, tok, prompt)[1]
+        assert _greedy(compiled.model, tok, prompt, step=compiled)[1] == _greedy(eager, tok, prompt)[1]
+    assert compiled.calls - before >= len(PROMPTS) * 20  # the decode steps ran through the compiled step
 
 
 def test_compiled_batched_scheduler_equals_eager_single(compiled, tok) -> None:
     eager = _int4_model(max_batch=1)
     params = SamplingParams(temperature=0.0, max_tokens=20)
-    with Scheduler(compiled, tok, max_batch=4, max_seq=128) as sched:
+    with Scheduler(compiled.model, tok, max_batch=4, max_seq=128) as sched:
+        sched.set_decode_step(compiled)
         handles = [sched.submit(tok.encode(p), params) for p in PROMPTS]
         results = [h.collect(TIMEOUT)[0] for h in handles]
         assert sched.stats()["avg_batch"] > 1.5  # the batched graph really ran
@@ -87,8 +101,7 @@ def test_compiled_batched_scheduler_equals_eager_single(compiled, tok) -> None:
 
 def test_off_leaves_the_model_eager() -> None:
     model = tiny_model(max_batch=1)
-    assert compile_decode(model, "off") == {"compiled": False, "reason": "off"}
-    assert model.compiled_decode is None
+    assert compile_decode(model, "off") == (None, {"compiled": False, "reason": "off"})
 
 
 def test_unknown_mode_and_missing_cache_are_refused() -> None:
@@ -109,9 +122,9 @@ def no_compiler(tmp_path, monkeypatch) -> None:
 @pytest.mark.usefixtures("no_compiler")
 def test_without_a_cxx_compiler_auto_stays_eager_and_on_fails(tok) -> None:
     model = tiny_model(max_batch=1)
-    report = compile_decode(model, "auto")
+    step, report = compile_decode(model, "auto")
     assert report == {"compiled": False, "reason": "no C++ compiler (g++, c++ or clang++) on PATH"}
-    assert model.compiled_decode is None
+    assert step is None
     assert _greedy(model, tok, "hello", 4)[1]  # still generates, eagerly
     with pytest.raises(CompileFailed, match=r"cannot compile the decode step: no C\+\+ compiler"):
         compile_decode(model, "on")
@@ -126,9 +139,9 @@ def test_a_failing_compiler_falls_back_to_eager_in_auto(monkeypatch, tok) -> Non
 
     monkeypatch.setattr(compile_mod.torch, "compile", broken)
     model = tiny_model(max_batch=2)
-    report = compile_decode(model, "auto")
+    step, report = compile_decode(model, "auto")
     assert report == {"compiled": False, "reason": "RuntimeError: inductor exploded"}
-    assert model.compiled_decode is None
+    assert step is None
     with pytest.raises(CompileFailed, match="cannot compile the decode step: RuntimeError: inductor exploded"):
         compile_decode(model, "on")
 
@@ -138,7 +151,8 @@ def test_a_compiled_step_that_disagrees_with_eager_is_rejected(monkeypatch) -> N
         return lambda *args, **kw: -fn(*args, **kw)  # unrelated logits, as a miscompiled step gives
 
     monkeypatch.setattr(compile_mod.torch, "compile", wrong)
-    report = compile_decode(tiny_model(max_batch=2), "auto")
+    step, report = compile_decode(tiny_model(max_batch=2), "auto")
+    assert step is None
     assert report == {"compiled": False, "reason": "CompileFailed: the compiled step disagrees with eager at batch 1"}
 
 
@@ -151,13 +165,13 @@ def test_cache_dir_is_where_inductor_writes(tmp_path, monkeypatch) -> None:
         return fn
 
     monkeypatch.setattr(compile_mod.torch, "compile", fake)
-    assert compile_decode(tiny_model(max_batch=1), "on", cache_dir=target)["compiled"] is True
+    assert compile_decode(tiny_model(max_batch=1), "on", cache_dir=target)[1]["compiled"] is True
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(target)
     assert target.is_dir()
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_decode_attention_equals_sdpa(rows: int) -> None:
+def test_grouped_decode_equals_sdpa(rows: int) -> None:
     torch.manual_seed(rows)
     q, cache = torch.randn(rows, 6, 1, 16), torch.randn(2, rows, 2, 40, 16)
     k, v = cache[0, :, :, :25], cache[1, :, :, :25]  # views of a longer cache, as the model passes them
@@ -165,6 +179,6 @@ def test_decode_attention_equals_sdpa(rows: int) -> None:
     if rows > 1:  # rows of different lengths: keys past a row's position are masked out
         lengths = torch.tensor([25, 10, 17])
         mask = torch.zeros(rows, 1, 1, 25).masked_fill_(torch.arange(25) >= lengths[:, None, None, None], -torch.inf)
-    got = decode_attention(q, k, v, mask).reshape(rows, 6, 1, 16)
+    got = grouped_decode(q, k, v, mask).reshape(rows, 6, 1, 16)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     assert (got - want).abs().max().item() < 1e-5

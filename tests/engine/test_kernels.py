@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import kernels
+from engine.attention import SDPA, KernelDecode
 from engine.model import ModelConfig, Transformer
 from engine.quant import AffineInt4, Int4Linear, Int8Linear, UnsupportedQuantization, prepare_for_inference
 
@@ -245,8 +246,6 @@ def test_model_with_enigma_kernels_matches_torch_kernels_through_the_cache(path:
     if path == "avx512":
         assert report["amx"] == kernels.amx()
     assert prepare_for_inference(b, "int4", kernel="torch")["kernel"] == "torch"
-    assert a.layers[0].attention.decode_op is not None
-    assert b.layers[0].attention.decode_op is None
     tokens = torch.randint(0, 128, (2, 9))
     outs = []
     with torch.inference_mode():
@@ -258,43 +257,47 @@ def test_model_with_enigma_kernels_matches_torch_kernels_through_the_cache(path:
             outs.append(m(tokens[:, 8:], pos, last_only=True)[:, -1])
     cos = F.cosine_similarity(outs[0], outs[1], dim=-1)
     assert bool((cos > 0.999).all()), cos
+    assert isinstance(a.layers[0].attention.attend, KernelDecode)  # the decode step above ran on the kernel
+    assert b.layers[0].attention.attend is SDPA
 
 
 @pytest.mark.slow
 def test_compiled_step_on_enigma_kernels_matches_eager_at_every_row_count(isa: str) -> None:
     """The compiled step (guard checks skipped while serving) still picks the right graph as the row count
-    changes, and reallocating the cache drops it."""
+    changes, and after the cache is reallocated it runs eagerly."""
     from engine.compile import compile_decode
 
     model = _tiny()
     prepare_for_inference(model, "int4", kernel=isa)
     model.setup_cache(4, 32)
-    assert compile_decode(model, "on", batch_sizes=(1, 2))["compiled"] is True
-    step = model.compiled_decode
+    step, report = compile_decode(model, "on", batch_sizes=(1, 2))
+    assert report["compiled"] is True
+    assert step is not None
     torch.manual_seed(5)
     with torch.inference_mode():
         model(torch.randint(0, 128, (4, 6)), torch.arange(6).expand(4, 6))
         for rows in (1, 3, 1, 4, 2, 1):
             tokens, pos = torch.randint(0, 128, (rows, 1)), torch.full((rows, 1), 6)
-            got = model(tokens, pos, last_only=True)
-            model.compiled_decode = None
+            got = step(tokens, pos, 0, 7, True)
             want = model(tokens, pos, last_only=True)
-            model.compiled_decode = step
             assert got.shape == want.shape
             assert bool((F.cosine_similarity(got[:, -1], want[:, -1], dim=-1) > 0.999).all()), rows
         # What the warm-up did not cover runs eager, not into a recompile: another cache row, position 0.
         for slot, position in ((2, 6), (0, 0)):
-            got = model(torch.tensor([[9]]), torch.tensor([[position]]), slot=slot, last_only=True)
-            assert got.shape == (1, 1, 128)
-            assert torch.isfinite(got).all()
-    model.setup_cache(2, 16)
-    assert model.compiled_decode is None
+            tokens, pos = torch.tensor([[9]]), torch.tensor([[position]])
+            got = step(tokens, pos, slot, position + 1, True)
+            assert torch.equal(got, model(tokens, pos, slot=slot, last_only=True))
+        model.setup_cache(2, 16)
+        model(torch.randint(0, 128, (1, 6)), torch.arange(6)[None])
+        tokens, pos = torch.tensor([[9]]), torch.tensor([[6]])
+        assert torch.equal(step(tokens, pos, 0, 7, True), model(tokens, pos, last_only=True))
 
 
 def test_head_dims_the_attention_kernel_lacks_keep_sdpa(isa: str) -> None:
     model = Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=8))  # head dim 8
     assert prepare_for_inference(model, "int4", kernel=isa)["kernel"] == isa
-    assert model.layers[0].attention.decode_op is None
+    model.setup_cache(1, 16)
+    assert model.layers[0].attention.attend is SDPA
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:

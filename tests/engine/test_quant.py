@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from engine.generate import generate
+from engine.model import FUSED, projection_rows
 from engine.quant import (
     AffineInt4,
     Int4Linear,
     Int8Linear,
     UnsupportedQuantization,
-    fuse_projections,
     logits_error,
     prepare_for_inference,
     quantize_model,
@@ -72,15 +72,19 @@ def test_quantized_linear_keeps_leading_dims_dtype_and_bias() -> None:
     assert torch.allclose(y, x @ lin.dequantize().T + bias, atol=0.03, rtol=0.02)
 
 
-def test_fused_projections_give_the_same_logits() -> None:
-    model = tiny()
+def test_a_state_dict_in_separate_projections_loads_into_the_fused_ones() -> None:
+    model, other = tiny(), tiny(seed=9)
+    state = model.state_dict()
+    rows = projection_rows(model.config)
+    for i in range(model.config.n_layers):
+        for fused, parts in FUSED.items():
+            whole = state.pop(f"layers.{i}.{fused}.weight")
+            for part, w in zip(parts, whole.split([rows[p] for p in parts]), strict=True):
+                state[f"layers.{i}.{part}.weight"] = w
+    assert "layers.0.attention.wk.weight" in state
+    other.load_state_dict(state)
     with torch.inference_mode():
-        ref = model(prompt())
-        fuse_projections(model)
-        out = model(prompt())
-    assert model.layers[0].attention.wq is None
-    assert model.layers[0].feed_forward.w13 is not None
-    assert torch.allclose(out, ref, atol=1e-5)
+        assert torch.equal(other(prompt()), model(prompt()))
 
 
 # int8: 0.05 with bf16 activations (PyTorch's kernels, avx512); the tile8 sets (avx2, neon) also quantize the
@@ -149,7 +153,7 @@ def test_smollm2_gguf_q4_loads_straight_into_int4(smollm2_path) -> None:
     model = copy.deepcopy(lm.model)
     report = quantize_from_gguf(model, smollm2_path)
     attn = lm.model.layers[3].attention
-    w = torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight])
+    w = attn.wqkv.weight
     with torch.inference_mode():
         err = logits_error(lm.model(ids), model(ids))
     print(f"gguf Q4_1 → int4: {err}")
@@ -180,7 +184,7 @@ def test_a_float_gguf_is_requantized_from_the_float_weights(tiny_ggufs, fallback
         assert torch.equal(model(ids), direct(ids))
 
 
-def test_prepare_for_inference_float_only_fuses() -> None:
+def test_prepare_for_inference_float_keeps_the_float_weights() -> None:
     model = tiny()
     assert prepare_for_inference(model, "float", kernel="torch") == {"mode": "float", "kernel": "torch"}
     assert isinstance(model.layers[0].attention.wqkv, torch.nn.Linear)

@@ -109,8 +109,10 @@ class Shell(BoxLayout):
             self.drawer.add_widget(self.nav)
 
     def open_drawer(self) -> None:
+        # Not faded in: it closes without a fade too, and a fade-in still running when a tap closes it would
+        # race the next open (the view reads an alpha of 0 as "remove me").
         if not self.wide:
-            self.drawer.open()
+            self.drawer.open(animation=False)
 
     def show(self, name: str) -> None:
         """Switch to screen ``name`` (closing the drawer); a toast said on the screen left behind goes."""

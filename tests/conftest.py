@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import spawn
 from tests.mqtt.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +55,11 @@ class DaemonProcess:
     def spawn(
         cls, args: list[str], data_dir: Path, log_path: Path, env: dict[str, str], config_path: Path | None = None
     ) -> DaemonProcess:
-        """Start the command line ``args``: stderr goes to ``log_path``, stdout carries the ready line."""
+        """Start the command line ``args``: stderr goes to ``log_path``, stdout carries the ready line; the process
+        dies with pytest (``tests/spawn.py``)."""
         with open(log_path, "w") as log_file:
-            proc = subprocess.Popen(
+            proc = spawn.popen(
+                "enigmad",
                 args,
                 cwd=ROOT,
                 env=env,
@@ -266,3 +269,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     from engine import kernels
 
     return f"enigma kernels: {kernels.describe()}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many daemons and brokers the run started: each costs seconds, so a change that starts more of them
+    than it needs shows here (fixtures share them where a test does not need its own)."""
+    counts = ", ".join(f"{kind} {n}" for kind, n in sorted(spawn.STARTS.items())) or "none"
+    terminalreporter.write_line(f"processes started: {counts}")

@@ -255,6 +255,46 @@ def daemon(daemon_factory: StartDaemon) -> DaemonProcess:
     return daemon_factory()
 
 
+def module_daemon(
+    tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> Iterator[DaemonProcess]:
+    """The body of a module-scoped fixture: one enigmad with defaults (and ``env``), stopped after the module."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("shared"))
+    try:
+        yield launcher.start(env=env)
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One enigmad with default config for all the tests of a module that only need *a* daemon: starting one
+    costs about a second of both cores. Tests that stop, restart or reconfigure a daemon, or count its clients,
+    start their own with ``daemon_factory``. Ask for ``fresh_shared_daemon`` to find no module loaded."""
+    yield from module_daemon(tmp_path_factory)
+
+
+def unload_all(d: DaemonProcess) -> None:
+    """Unload every module a test left loaded or failed, so that the next test finds the daemon's modules as a
+    start with defaults leaves them (all unloaded)."""
+    from clients.sdk import SyncClient
+
+    client = SyncClient(d.rpc, d.events, timeout=10.0)
+    try:
+        for m in client.call("module.list")["modules"]:
+            if m["state"] != "unloaded":
+                client.call("module.unload", {"name": m["name"]})
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fresh_shared_daemon(shared_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's ``shared_daemon`` with every module unloaded, as a fresh start with defaults has them."""
+    unload_all(shared_daemon)
+    return shared_daemon
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A run started in the background of a non-interactive shell (as CI may start it) inherits SIGINT
     ignored, and so would every process the tests start: a child that ignores SIGINT at start-up never turns

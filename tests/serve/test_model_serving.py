@@ -32,6 +32,7 @@ max_batch = 8
 [modules.chat]
 flush_tokens = 1
 """
+CHAT_ONLY = '[modules]\nautoload = ["chat"]\n'
 # Worded as tests/serve/test_llamacpp_backend.py words it: kernels that quantize activations to int8 (llama.cpp's,
 # and enigma's avx2/neon sets) answer "What is the capital of France?" greedily with a drift into French nouns.
 FRANCE = "Name the capital of France."
@@ -282,7 +283,8 @@ async def test_sigkill_during_a_reply_keeps_the_history_with_the_reply_incomplet
                 if len(received) == 3:
                     d.stop(signal.SIGKILL)
                     break
-    again = module_daemon_factory(CONFIG, data_dir=d.data_dir)
+    # Reading the history back needs the chat module only: no second load of the model.
+    again = module_daemon_factory(CHAT_ONLY, data_dir=d.data_dir)
     async with Client(again.rpc, again.events, timeout=60.0) as c:
         history = (await c.call("session.history", {"id": session["id"]}))["messages"]
     assert [(m["role"], m["complete"]) for m in history] == [("user", True), ("assistant", False)]

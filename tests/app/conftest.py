@@ -21,7 +21,7 @@ from clients.app.viewmodels import ChatVM, ConnectionVM, ModulesVM, SettingsVM, 
 from clients.robot.commands import Limits
 from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
-from tests.conftest import DaemonLauncher, DaemonProcess
+from tests.conftest import DaemonLauncher, DaemonProcess, module_daemon, unload_all
 from tests.mqtt.broker import Mosquitto
 from tests.serve.conftest import FakeOllamaThread
 
@@ -99,6 +99,20 @@ def model_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPro
         yield launcher.start(config=MODEL_CONFIG, ready_timeout=120.0)
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture(scope="session")
+def app_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One enigmad with defaults for the app's tests that only connect to a daemon and call it."""
+    yield from module_daemon(tmp_path_factory)
+
+
+@pytest.fixture
+def daemon(app_daemon: DaemonProcess) -> DaemonProcess:
+    """The app's shared daemon, every module unloaded as a fresh start with defaults has them. A test that counts
+    the daemon's clients, or stops or reconfigures it, starts its own with ``daemon_factory``."""
+    unload_all(app_daemon)
+    return app_daemon
 
 
 @pytest.fixture

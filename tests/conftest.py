@@ -295,6 +295,55 @@ def fresh_shared_daemon(shared_daemon: DaemonProcess) -> DaemonProcess:
     return shared_daemon
 
 
+# The real default model as ./scripts/serve serves it (quantized kernels), but eager: see clean_env.
+SERVING_CONFIG = """
+[modules]
+autoload = ["llm", "chat"]
+
+[modules.llm]
+context_length = 512
+max_batch = 8
+
+[modules.chat]
+flush_tokens = 1
+"""
+
+
+# Not autoloaded: a test that speaks MQTT to the model loads the module, and unloads it when done.
+SERVING_MQTT = """
+[modules.mqtt]
+broker = "{url}"
+node_id = "{node}"
+roles = {{ ops = "user" }}
+"""
+SERVING_NODE = "serving"
+
+
+@pytest.fixture(scope="session")
+def session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A mosquitto for the session's shared daemons (``serving_daemon``'s ``mqtt`` module talks to it)."""
+    b = Mosquitto(tmp_path_factory.mktemp("session-broker"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def serving_daemon(tmp_path_factory: pytest.TempPathFactory, session_broker: Mosquitto) -> Iterator[DaemonProcess]:
+    """One enigmad serving the real default model (``SERVING_CONFIG``) for every test that chats with it and leaves
+    it serving: loading the model takes 20-30 s of both cores. Tests make their own sessions, a test that switches
+    the model switches it back, and one that loads ``mqtt`` (node ``SERVING_NODE`` on ``session_broker``) unloads
+    it again."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("serving"))
+    config = SERVING_CONFIG + SERVING_MQTT.format(url=session_broker.url, node=SERVING_NODE)
+    try:
+        yield launcher.start(config=config, ready_timeout=600.0)
+    finally:
+        launcher.stop_all()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A run started in the background of a non-interactive shell (as CI may start it) inherits SIGINT
     ignored, and so would every process the tests start: a child that ignores SIGINT at start-up never turns

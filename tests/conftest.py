@@ -255,6 +255,14 @@ def daemon(daemon_factory: StartDaemon) -> DaemonProcess:
     return daemon_factory()
 
 
+@pytest.fixture(scope="module")
+def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonLauncher]:
+    """Daemons that live for a whole test module (for tests that only read, or are refused)."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("module"))
+    yield launcher
+    launcher.stop_all()
+
+
 def module_daemon(
     tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
 ) -> Iterator[DaemonProcess]:

@@ -1,4 +1,5 @@
-"""End to end through a real ``enigmad`` subprocess with the ``mqtt`` and ``robots`` modules loaded."""
+"""End to end through a real ``enigmad`` subprocess with the ``mqtt`` and ``robots`` modules loaded: one daemon and
+broker serve the module's tests (each finds ``echo`` active; the robot test's robot has an id of its own)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,8 +16,8 @@ from bus.mqtt_link import MqttSettings
 from clients.robot.commands import Limits
 from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
-from clients.sdk import Client
-from tests.conftest import SERVING_NODE, DaemonProcess
+from clients.sdk import Client, SyncClient
+from tests.conftest import SERVING_NODE, DaemonLauncher, DaemonProcess
 from tests.mqtt.broker import Mosquitto
 from tests.mqtt.helpers import call, collector
 from tests.mqtt.test_foreign_clients import run
@@ -41,12 +42,43 @@ command_timeout = 5
 """
 
 
+@pytest.fixture(scope="module")
+def e2e_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path_factory.mktemp("e2e-broker"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def e2e_daemon(e2e_broker: Mosquitto, module_launcher: DaemonLauncher) -> DaemonProcess:
+    """One daemon with ``echo``, ``mqtt`` and ``robots`` for the module, online on its broker."""
+
+    async def start() -> DaemonProcess:
+        async with collector(e2e_broker, f"enigma/{NODE}/status") as c:
+            d = await asyncio.to_thread(module_launcher.start, config=config(e2e_broker))
+            await c.wait_for(lambda: any(json.loads(m.payload)["state"] == "online" for m in c.messages), 30)
+        return d
+
+    return asyncio.run(start())
+
+
 @pytest.fixture
-async def enigmad(broker: Mosquitto, daemon_factory: Callable[..., Any]) -> Any:
-    async with collector(broker, f"enigma/{NODE}/status") as c:
-        d = await asyncio.to_thread(daemon_factory, config=config(broker))
-        await c.wait_for(lambda: any(json.loads(m.payload)["state"] == "online" for m in c.messages), 30)
-    return d
+def broker(e2e_broker: Mosquitto) -> Mosquitto:
+    return e2e_broker
+
+
+@pytest.fixture
+def enigmad(e2e_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's daemon with ``echo`` active, as its start leaves it (a test unloads it over MQTT)."""
+    client = SyncClient(e2e_daemon.rpc, e2e_daemon.events, timeout=10.0)
+    try:
+        client.call("module.load", {"name": "echo"})
+    finally:
+        client.close()
+    return e2e_daemon
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_rr") is None, reason="mosquitto_rr is not installed")

@@ -5,8 +5,14 @@
 answers); ``daemon`` is one started with defaults. Each yields a ``DaemonProcess``
 with ``.rpc``, ``.events`` (the real endpoints from the ready line), ``.proc``, ``.data_dir``, ``.log_path``,
 ``.config_path``, ``.log()``, ``.send_signal()``, ``.stop()``. Everything started is stopped at teardown
-(SIGTERM, then SIGKILL after a timeout). ``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures.
-``broker`` is a mosquitto of the test's own on a free port; ``run_enigmad(tmp, *args)`` runs one command.
+(SIGTERM, then SIGKILL after a timeout), and dies with pytest if pytest is killed (``tests/spawn.py``).
+``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures. ``broker`` is a mosquitto of the test's own on
+a free port; ``run_enigmad(tmp, *args)`` runs one command.
+
+Starting a daemon costs about a second of both cores, loading the real model 20-30 s, so tests share them where
+isolation is not what they test: ``module_launcher`` and ``shared_daemon`` live for a test module
+(``fresh_shared_daemon`` unloads every module before each test), ``serving_daemon`` serves the real model to the
+whole session. A test that stops, restarts or reconfigures a daemon, or checks a fresh state, starts its own.
 """
 
 from __future__ import annotations

@@ -5,8 +5,14 @@
 answers); ``daemon`` is one started with defaults. Each yields a ``DaemonProcess``
 with ``.rpc``, ``.events`` (the real endpoints from the ready line), ``.proc``, ``.data_dir``, ``.log_path``,
 ``.config_path``, ``.log()``, ``.send_signal()``, ``.stop()``. Everything started is stopped at teardown
-(SIGTERM, then SIGKILL after a timeout). ``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures.
-``broker`` is a mosquitto of the test's own on a free port; ``run_enigmad(tmp, *args)`` runs one command.
+(SIGTERM, then SIGKILL after a timeout), and dies with pytest if pytest is killed (``tests/spawn.py``).
+``DaemonLauncher(base_dir)`` is the same for wider-scoped fixtures. ``broker`` is a mosquitto of the test's own on
+a free port; ``run_enigmad(tmp, *args)`` runs one command.
+
+Starting a daemon costs about a second of both cores, loading the real model 20-30 s, so tests share them where
+isolation is not what they test: ``module_launcher`` and ``shared_daemon`` live for a test module
+(``fresh_shared_daemon`` unloads every module before each test), ``serving_daemon`` serves the real model to the
+whole session. A test that stops, restarts or reconfigures a daemon, or checks a fresh state, starts its own.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import spawn
 from tests.mqtt.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +61,11 @@ class DaemonProcess:
     def spawn(
         cls, args: list[str], data_dir: Path, log_path: Path, env: dict[str, str], config_path: Path | None = None
     ) -> DaemonProcess:
-        """Start the command line ``args``: stderr goes to ``log_path``, stdout carries the ready line."""
+        """Start the command line ``args``: stderr goes to ``log_path``, stdout carries the ready line; the process
+        dies with pytest (``tests/spawn.py``)."""
         with open(log_path, "w") as log_file:
-            proc = subprocess.Popen(
+            proc = spawn.popen(
+                "enigmad",
                 args,
                 cwd=ROOT,
                 env=env,
@@ -252,6 +261,103 @@ def daemon(daemon_factory: StartDaemon) -> DaemonProcess:
     return daemon_factory()
 
 
+@pytest.fixture(scope="module")
+def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonLauncher]:
+    """Daemons that live for a whole test module (for tests that only read, or are refused)."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("module"))
+    yield launcher
+    launcher.stop_all()
+
+
+def module_daemon(
+    tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> Iterator[DaemonProcess]:
+    """The body of a module-scoped fixture: one enigmad with defaults (and ``env``), stopped after the module."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("shared"))
+    try:
+        yield launcher.start(env=env)
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One enigmad with default config for all the tests of a module that only need *a* daemon: starting one
+    costs about a second of both cores. Tests that stop, restart or reconfigure a daemon, or count its clients,
+    start their own with ``daemon_factory``. Ask for ``fresh_shared_daemon`` to find no module loaded."""
+    yield from module_daemon(tmp_path_factory)
+
+
+def unload_all(d: DaemonProcess) -> None:
+    """Unload every module a test left loaded or failed, so that the next test finds the daemon's modules as a
+    start with defaults leaves them (all unloaded)."""
+    from clients.sdk import SyncClient
+
+    client = SyncClient(d.rpc, d.events, timeout=10.0)
+    try:
+        for m in client.call("module.list")["modules"]:
+            if m["state"] != "unloaded":
+                client.call("module.unload", {"name": m["name"]})
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fresh_shared_daemon(shared_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's ``shared_daemon`` with every module unloaded, as a fresh start with defaults has them."""
+    unload_all(shared_daemon)
+    return shared_daemon
+
+
+# The real default model as ./scripts/serve serves it (quantized kernels), but eager: see clean_env.
+SERVING_CONFIG = """
+[modules]
+autoload = ["llm", "chat"]
+
+[modules.llm]
+context_length = 512
+max_batch = 8
+
+[modules.chat]
+flush_tokens = 1
+"""
+
+
+# Not autoloaded: a test that speaks MQTT to the model loads the module, and unloads it when done.
+SERVING_MQTT = """
+[modules.mqtt]
+broker = "{url}"
+node_id = "{node}"
+roles = {{ ops = "user" }}
+"""
+SERVING_NODE = "serving"
+
+
+@pytest.fixture(scope="session")
+def session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A mosquitto for the session's shared daemons (``serving_daemon``'s ``mqtt`` module talks to it)."""
+    b = Mosquitto(tmp_path_factory.mktemp("session-broker"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def serving_daemon(tmp_path_factory: pytest.TempPathFactory, session_broker: Mosquitto) -> Iterator[DaemonProcess]:
+    """One enigmad serving the real default model (``SERVING_CONFIG``) for every test that chats with it and leaves
+    it serving: loading the model takes 20-30 s of both cores. Tests make their own sessions, a test that switches
+    the model switches it back, and one that loads ``mqtt`` (node ``SERVING_NODE`` on ``session_broker``) unloads
+    it again."""
+    launcher = DaemonLauncher(tmp_path_factory.mktemp("serving"))
+    config = SERVING_CONFIG + SERVING_MQTT.format(url=session_broker.url, node=SERVING_NODE)
+    try:
+        yield launcher.start(config=config, ready_timeout=600.0)
+    finally:
+        launcher.stop_all()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A run started in the background of a non-interactive shell (as CI may start it) inherits SIGINT
     ignored, and so would every process the tests start: a child that ignores SIGINT at start-up never turns
@@ -266,3 +372,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     from engine import kernels
 
     return f"enigma kernels: {kernels.describe()}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many daemons and brokers the run started: each costs seconds, so a change that starts more of them
+    than it needs shows here (fixtures share them where a test does not need its own)."""
+    counts = ", ".join(f"{kind} {n}" for kind, n in sorted(spawn.STARTS.items())) or "none"
+    terminalreporter.write_line(f"processes started: {counts}")

@@ -1,7 +1,9 @@
 """Fixtures for the app: its files in tmp_path, view models wired to one connection, daemons with the model.
 
 The model daemon (``llm`` + ``chat`` with short, greedy replies) is session-scoped: loading the model is the
-expensive part, so the app's tests share it.
+expensive part, so the app's tests share it. Tests that stop or kill a daemon mid-reply chat through the fake
+Ollama server of the serving tests instead (``held_ollama``): it holds the reply after its first token, so the
+daemon is certainly mid-reply, and no model is loaded for a daemon that is about to go away.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from clients.app.viewmodels import ChatVM, ConnectionVM, ModulesVM, SettingsVM, 
 from clients.robot.commands import Limits
 from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
-from tests.conftest import DaemonLauncher, DaemonProcess
+from tests.conftest import DaemonLauncher, DaemonProcess, module_daemon, unload_all
 from tests.mqtt.broker import Mosquitto
+from tests.serve.conftest import FakeOllamaThread
 
 MODEL_CONFIG = """
 [modules]
@@ -33,6 +36,21 @@ max_batch = 4
 [modules.llm.sampling]
 temperature = 0
 max_tokens = 24
+
+[modules.chat]
+flush_tokens = 1
+"""
+
+
+def ollama_config(url: str) -> str:
+    """Chat through the ``ollama`` LLM module against the fake Ollama server at ``url``."""
+    return f"""
+[modules]
+autoload = ["ollama", "chat"]
+
+[modules.ollama]
+url = "{url}"
+model = "smollm2:135m"
 
 [modules.chat]
 flush_tokens = 1
@@ -81,6 +99,31 @@ def model_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPro
         yield launcher.start(config=MODEL_CONFIG, ready_timeout=120.0)
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture(scope="session")
+def app_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One enigmad with defaults for the app's tests that only connect to a daemon and call it."""
+    yield from module_daemon(tmp_path_factory)
+
+
+@pytest.fixture
+def daemon(app_daemon: DaemonProcess) -> DaemonProcess:
+    """The app's shared daemon, every module unloaded as a fresh start with defaults has them. A test that counts
+    the daemon's clients, or stops or reconfigures it, starts its own with ``daemon_factory``."""
+    unload_all(app_daemon)
+    return app_daemon
+
+
+@pytest.fixture
+def held_ollama() -> Iterator[FakeOllamaThread]:
+    """A fake Ollama server that sends the first token of each reply, then holds the rest until released."""
+    with FakeOllamaThread() as fake:
+        fake.configure(hold=True)
+        try:
+            yield fake
+        finally:
+            fake.release()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The chat view model against a real daemon with the real default model: streaming, stop, regenerate."""
+"""The chat view model against a real daemon (the real default model where the reply matters): streaming, stop,
+regenerate, and a daemon that goes away mid-reply."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from clients.sdk import Client
-from tests.app.conftest import Views
+from tests.app.conftest import Views, ollama_config
 from tests.app.waiting import wait_until
 from tests.conftest import DaemonProcess, StartDaemon
 from tests.mqtt.broker import free_port
+from tests.serve.conftest import FakeOllamaThread
 
-pytestmark = pytest.mark.model
 
-
+@pytest.mark.model
 async def test_reply_streams_into_the_conversation_chunk_by_chunk(views: Views, model_daemon: DaemonProcess) -> None:
     await views.connect(model_daemon)
     await wait_until(views.chat, lambda: views.chat.available, what="chat module seen")
@@ -38,6 +39,7 @@ async def test_reply_streams_into_the_conversation_chunk_by_chunk(views: Views, 
     assert reply.id == hist["messages"][1]["id"]
 
 
+@pytest.mark.model
 async def test_stop_cancels_the_stream_and_keeps_the_partial_reply(views: Views, model_daemon: DaemonProcess) -> None:
     await views.connect(model_daemon)
     first_text = asyncio.Event()
@@ -63,6 +65,7 @@ async def test_stop_cancels_the_stream_and_keeps_the_partial_reply(views: Views,
     assert stored["text"].startswith(reply.text[:10])
 
 
+@pytest.mark.model
 async def test_regenerate_replaces_the_last_reply(views: Views, model_daemon: DaemonProcess) -> None:
     await views.connect(model_daemon)
     await views.chat.send("Say hello.")
@@ -77,6 +80,7 @@ async def test_regenerate_replaces_the_last_reply(views: Views, model_daemon: Da
     assert [m["text"] for m in hist["messages"]] == ["Say hello.", reply.text]
 
 
+@pytest.mark.model
 async def test_reopening_a_session_shows_its_history(views: Views, model_daemon: DaemonProcess) -> None:
     await views.connect(model_daemon)
     await views.chat.send("Name a colour.")
@@ -87,6 +91,7 @@ async def test_reopening_a_session_shows_its_history(views: Views, model_daemon:
     assert [(x.role, x.text) for x in views.chat.lines] == lines
 
 
+@pytest.mark.model
 async def test_persona_is_applied_to_new_sessions(views: Views, model_daemon: DaemonProcess) -> None:
     await views.connect(model_daemon)
     async with Client(model_daemon.rpc, model_daemon.events) as c:
@@ -101,6 +106,7 @@ async def test_persona_is_applied_to_new_sessions(views: Views, model_daemon: Da
     assert session["persona"] == "pirate"
 
 
+@pytest.mark.model
 async def test_message_from_another_device_appears_in_the_open_conversation(
     views: Views, model_daemon: DaemonProcess
 ) -> None:
@@ -124,11 +130,10 @@ async def test_send_without_the_chat_module_shows_the_error(views: Views, daemon
     assert views.chat.lines == []
 
 
-@pytest.mark.slow
-async def test_daemon_stopping_mid_reply_marks_it_interrupted(views: Views, daemon_factory: StartDaemon) -> None:
-    from tests.app.conftest import MODEL_CONFIG
-
-    daemon = daemon_factory(config=MODEL_CONFIG, ready_timeout=120.0)
+async def test_daemon_stopping_mid_reply_marks_it_interrupted(
+    views: Views, daemon_factory: StartDaemon, held_ollama: FakeOllamaThread
+) -> None:
+    daemon = daemon_factory(config=ollama_config(held_ollama.url))
     await views.connect(daemon)
     first_text = asyncio.Event()
     views.chat.bind(lambda what, i: first_text.set() if what == "line" and views.chat.lines[i].text else None)
@@ -142,15 +147,12 @@ async def test_daemon_stopping_mid_reply_marks_it_interrupted(views: Views, daem
     assert reply.text
 
 
-@pytest.mark.slow
 async def test_daemon_killed_mid_reply_is_noticed_when_it_comes_back(
-    views: Views, daemon_factory: StartDaemon, tmp_path: Path
+    views: Views, daemon_factory: StartDaemon, held_ollama: FakeOllamaThread, tmp_path: Path
 ) -> None:
-    from tests.app.conftest import MODEL_CONFIG
-
     rpc, events = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     flags = ("--rpc", rpc, "--events", events)
-    start = {"loopback_ports": False, "data_dir": tmp_path / "d", "config": MODEL_CONFIG, "ready_timeout": 120.0}
+    start = {"loopback_ports": False, "data_dir": tmp_path / "d", "config": ollama_config(held_ollama.url)}
     daemon = daemon_factory(*flags, **start)
     await views.connect(daemon)
     first_text = asyncio.Event()

@@ -12,8 +12,8 @@ from tests.daemon import gated_daemon
 from tests.daemon.raw_client import RawClient
 
 
-async def test_status_shows_the_daemon_at_a_glance(views: Views, daemon: DaemonProcess) -> None:
-    await views.connect(daemon)
+async def test_status_shows_the_daemon_at_a_glance(views: Views, daemon_factory: StartDaemon) -> None:
+    await views.connect(daemon_factory())  # its own: the shared one may still count an earlier test's client
     await views.status.refresh()
     rows = dict(views.status.summary())
     assert rows["Daemon"].startswith(views.conn.node_id or "?")

@@ -1,7 +1,7 @@
 """Run the installed ``enigma`` command the way a user does: a subprocess with a clean environment.
 
 Most CLI tests only read from the daemon or switch the ``echo`` module, so one daemon per test module serves
-them (``shared_daemon``), and ``cli`` puts ``echo`` back to ``unloaded`` before each test so every test starts
+them (``shared_daemon``), and ``cli`` unloads every module (``echo``) before each test so every test starts
 from the same state. Tests that stop or reconfigure a daemon start their own with ``daemon_factory``.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, DaemonProcess, clean_env
+from tests.conftest import DaemonProcess, module_daemon, unload_all
 
 ENIGMA = str(Path(sys.executable).parent / "enigma")
 
@@ -56,43 +56,14 @@ def pointed_at(daemon: DaemonProcess, env: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """One enigmad (defaults, free loopback ports) for all the tests of a module; stopped at the end."""
-    tmp = tmp_path_factory.mktemp("enigmad")
-    log_path = tmp / "enigmad.log"
-    args = [sys.executable, "-m", "daemon", "--data-dir", str(tmp / "data")]
-    args += ["--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0"]
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            # A quick heartbeat only shortens the wait of tails for their subscription to be confirmed.
-            env=clean_env(tmp, {"ENIGMA_DAEMON__HEARTBEAT": "0.25"}),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-        )
-    daemon = DaemonProcess(proc, tmp / "data", log_path)
-    try:
-        yield daemon.wait_ready()
-    finally:
-        try:
-            daemon.stop(timeout=15)
-        except AssertionError:
-            daemon.kill()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    # A quick heartbeat only shortens the wait of tails for their subscription to be confirmed.
+    yield from module_daemon(tmp_path_factory, {"ENIGMA_DAEMON__HEARTBEAT": "0.25"})
 
 
 @pytest.fixture
 def cli(shared_daemon: DaemonProcess, cli_env: dict[str, str]) -> Run:
-    """``enigma`` pointed at the shared daemon, with ``echo`` unloaded as every test expects to find it."""
-    from clients.sdk import SyncClient
-
-    client = SyncClient(shared_daemon.rpc, shared_daemon.events, timeout=10.0)
-    try:
-        client.call("module.unload", {"name": "echo"})
-    finally:
-        client.close()
+    """``enigma`` pointed at the shared daemon, with every module (``echo`` too) unloaded as every test expects."""
+    unload_all(shared_daemon)
     return runner(pointed_at(shared_daemon, cli_env))
 
 

@@ -12,6 +12,12 @@ from tests.daemon.raw_client import RawClient
 
 
 @pytest.fixture
+def daemon(fresh_shared_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's shared daemon: these tests only call it, and each finds every module unloaded."""
+    return fresh_shared_daemon
+
+
+@pytest.fixture
 async def client(daemon: DaemonProcess) -> AsyncIterator[RawClient]:
     c = RawClient(daemon.rpc, daemon.events)
     yield c

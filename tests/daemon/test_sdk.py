@@ -12,6 +12,12 @@ from tests.conftest import DaemonProcess
 
 
 @pytest.fixture
+def daemon(fresh_shared_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's shared daemon: these tests only call it, and each finds every module unloaded."""
+    return fresh_shared_daemon
+
+
+@pytest.fixture
 async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
     async with Client(daemon.rpc, daemon.events, timeout=10.0) as c:
         yield c

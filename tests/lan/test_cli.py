@@ -9,22 +9,28 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import Run, pointed_at, runner
-from tests.conftest import DaemonProcess, StartDaemon
+from tests.conftest import DaemonLauncher, DaemonProcess, StartDaemon
 
 CONFIG = '[modules]\nautoload = ["peers"]\n'
 
 
-@pytest.fixture
-def peer_daemon(daemon_factory: StartDaemon) -> DaemonProcess:
-    return daemon_factory("--node-id", "cli-node", config=CONFIG)
+@pytest.fixture(scope="module")
+def peer_daemon(module_launcher: DaemonLauncher) -> DaemonProcess:
+    """Shared by the tests that only ask the daemon or are refused (each pairing window is a new one); the test
+    that pairs, and so changes what ``peers`` lists, starts its own."""
+    return module_launcher.start("--node-id", "cli-node", config=CONFIG)
+
+
+def _enigma_at(daemon: DaemonProcess, tmp_path: Path) -> Run:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["NO_COLOR"] = "1"
+    return runner(pointed_at(daemon, env))
 
 
 @pytest.fixture
 def enigma_at(peer_daemon: DaemonProcess, tmp_path: Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENIGMA_")}
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    env["NO_COLOR"] = "1"
-    return runner(pointed_at(peer_daemon, env))
+    return _enigma_at(peer_daemon, tmp_path)
 
 
 def test_peers_list_with_nobody_paired_says_how_to_pair(enigma_at: Run) -> None:
@@ -43,7 +49,9 @@ def test_accept_shows_the_code_and_the_command_for_the_other_side(enigma_at: Run
     assert len(body["code"]) == 7
 
 
-def test_a_client_pairs_its_own_key_and_learns_the_daemon_key(enigma_at: Run, peer_daemon: DaemonProcess) -> None:
+def test_a_client_pairs_its_own_key_and_learns_the_daemon_key(daemon_factory: StartDaemon, tmp_path: Path) -> None:
+    peer_daemon = daemon_factory("--node-id", "cli-node", config=CONFIG)
+    enigma_at = _enigma_at(peer_daemon, tmp_path)
     assert enigma_at("keys").returncode == 0
     window = json.loads(enigma_at("peers", "pair", "--accept", "--json").stdout)
     r = enigma_at("peers", "pair", window["endpoint"], window["code"], "--as-client", "--json")

@@ -9,7 +9,7 @@ import pytest
 from bus.discovery import Announcer, Browser, Record
 from bus.errors import BadRequest, NotFound, Unavailable
 from clients.sdk import Client
-from tests.conftest import DaemonProcess, StartDaemon
+from tests.conftest import DaemonLauncher, DaemonProcess, StartDaemon
 
 
 async def _drain(c: Client, method: str, body: dict[str, Any]) -> None:
@@ -21,10 +21,11 @@ async def _drain(c: Client, method: str, body: dict[str, Any]) -> None:
 CONFIG = '[modules]\nautoload = ["peers", "chat"]\n[modules.peers]\ninterfaces = ["127.0.0.1"]\n'
 
 
-@pytest.fixture
-def lonely(daemon_factory: StartDaemon) -> DaemonProcess:
-    """A daemon on loopback, told to announce on 127.0.0.1 — which it must not do while bound to loopback."""
-    return daemon_factory("--node-id", "lonely-node", config=CONFIG)
+@pytest.fixture(scope="module")
+def lonely(module_launcher: DaemonLauncher) -> DaemonProcess:
+    """A daemon on loopback, told to announce on 127.0.0.1 — which it must not do while bound to loopback. The
+    module's tests share it: they only ask it, or are refused (a pairing window one opens is never used)."""
+    return module_launcher.start("--node-id", "lonely-node", config=CONFIG)
 
 
 async def test_loopback_daemon_announces_nothing(lonely: DaemonProcess) -> None:

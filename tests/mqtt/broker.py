@@ -2,7 +2,7 @@
 
 Readiness is the port accepting connections (polled in a bounded loop), never a sleep. ``restart()`` stops the
 broker with SIGTERM (mosquitto then writes its persistence file) and starts it again on the same port with the
-same file, which is what the no-loss test needs.
+same file, which is what the no-loss test needs. The broker dies with pytest (``tests/spawn.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests import spawn
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -64,8 +66,8 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        self.proc = spawn.popen(
+            "mosquitto", [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + timeout
         while not port_open(self.port):

@@ -1,4 +1,5 @@
-"""End to end through a real ``enigmad`` subprocess with the ``mqtt`` and ``robots`` modules loaded."""
+"""End to end through a real ``enigmad`` subprocess with the ``mqtt`` and ``robots`` modules loaded: one daemon and
+broker serve the module's tests (each finds ``echo`` active; the robot test's robot has an id of its own)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from bus.mqtt_link import MqttSettings
 from clients.robot.commands import Limits
 from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
+from clients.sdk import Client, SyncClient
+from tests.conftest import SERVING_NODE, DaemonLauncher, DaemonProcess
 from tests.mqtt.broker import Mosquitto
 from tests.mqtt.helpers import call, collector
 from tests.mqtt.test_foreign_clients import run
@@ -39,12 +42,43 @@ command_timeout = 5
 """
 
 
+@pytest.fixture(scope="module")
+def e2e_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path_factory.mktemp("e2e-broker"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def e2e_daemon(e2e_broker: Mosquitto, module_launcher: DaemonLauncher) -> DaemonProcess:
+    """One daemon with ``echo``, ``mqtt`` and ``robots`` for the module, online on its broker."""
+
+    async def start() -> DaemonProcess:
+        async with collector(e2e_broker, f"enigma/{NODE}/status") as c:
+            d = await asyncio.to_thread(module_launcher.start, config=config(e2e_broker))
+            await c.wait_for(lambda: any(json.loads(m.payload)["state"] == "online" for m in c.messages), 30)
+        return d
+
+    return asyncio.run(start())
+
+
 @pytest.fixture
-async def enigmad(broker: Mosquitto, daemon_factory: Callable[..., Any]) -> Any:
-    async with collector(broker, f"enigma/{NODE}/status") as c:
-        d = await asyncio.to_thread(daemon_factory, config=config(broker))
-        await c.wait_for(lambda: any(json.loads(m.payload)["state"] == "online" for m in c.messages), 30)
-    return d
+def broker(e2e_broker: Mosquitto) -> Mosquitto:
+    return e2e_broker
+
+
+@pytest.fixture
+def enigmad(e2e_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's daemon with ``echo`` active, as its start leaves it (a test unloads it over MQTT)."""
+    client = SyncClient(e2e_daemon.rpc, e2e_daemon.events, timeout=10.0)
+    try:
+        client.call("module.load", {"name": "echo"})
+    finally:
+        client.close()
+    return e2e_daemon
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_rr") is None, reason="mosquitto_rr is not installed")
@@ -112,58 +146,56 @@ async def test_daemon_lists_and_commands_a_sim_robot(broker: Mosquitto, enigmad:
 
 
 FRANCE = {"text": "What is the capital of France?", "temperature": 0, "max_tokens": 24}
-CHAT_CONFIG = """
-[modules]
-autoload = ["llm", "chat", "mqtt"]
-
-[modules.llm]
-context_length = 512
-
-[modules.mqtt]
-broker = "{url}"
-node_id = "{node}"
-roles = {{ ops = "user" }}
-"""
 
 
 @pytest.mark.model
 @pytest.mark.slow
 async def test_mosquitto_clients_chat_with_the_real_model(
-    broker: Mosquitto, daemon_factory: Callable[..., Any]
+    session_broker: Mosquitto, serving_daemon: DaemonProcess
 ) -> None:
     """chat.send through rpc/request/<username> with mosquitto_pub/mosquitto_sub: chunks of text, then end; the
-    stored answer also appears as a chat.message event on MQTT (what the overlay and Home Assistant show)."""
-    async with collector(broker, f"enigma/{NODE}/status", f"enigma/{NODE}/event/chat/message") as c:
-        await asyncio.to_thread(daemon_factory, config=CHAT_CONFIG.format(url=broker.url, node=NODE))
-        await c.wait_for(
-            lambda: any(json.loads(m.payload)["state"] == "online" for m in c.on(f"enigma/{NODE}/status")), 60
-        )
-        sub = await asyncio.create_subprocess_exec(
-            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
-            "-t", "chat/answers", "-W", "120", stdout=subprocess.PIPE,
-        )  # fmt: skip
+    stored answer also appears as a chat.message event on MQTT (what the overlay and Home Assistant show). The
+    session's model daemon serves it: its ``mqtt`` module, set up for ``session_broker``, is loaded for this test."""
+    broker, node = session_broker, SERVING_NODE
+    req = f"enigma/{node}/rpc/request"
+    async with (
+        collector(broker, f"enigma/{node}/status", f"enigma/{node}/event/chat/message") as c,
+        Client(serving_daemon.rpc, serving_daemon.events, timeout=60.0) as admin,
+    ):
+        await admin.call("module.load", {"name": "mqtt"})
         try:
-            assert sub.stdout is not None
-            # mosquitto_sub's subscription is in place once a retained probe comes back through it
-            await c.client.publish("chat/answers", b'{"kind":"probe"}', qos=1, retain=True)
-            assert json.loads(await asyncio.wait_for(sub.stdout.readline(), 15))["kind"] == "probe"
-            rc, _, err = await run(
-                "mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
-                "-t", REQ + "/ops", "-D", "publish", "response-topic", "chat/answers",
-                "-m", json.dumps({"method": "chat.send", "id": "q1", "body": FRANCE}),
+            await c.wait_for(
+                lambda: any(json.loads(m.payload)["state"] == "online" for m in c.on(f"enigma/{node}/status")), 60
+            )
+            sub = await asyncio.create_subprocess_exec(
+                "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
+                "-t", "chat/answers", "-W", "120", stdout=subprocess.PIPE,
             )  # fmt: skip
-            assert rc == 0, err
-            envs = []
-            while not envs or envs[-1]["kind"] == "chunk":
-                envs.append(json.loads(await asyncio.wait_for(sub.stdout.readline(), 120)))
-        finally:
-            sub.terminate()
-            await sub.wait()
-        assert envs[-1]["kind"] == "end", envs[-1]
-        text = "".join(e["body"]["text"] for e in envs[:-1])
-        assert "Paris" in text
-        await c.wait_for(
-            lambda: any(e["body"]["role"] == "assistant" for e in c.json_on(f"enigma/{NODE}/event/chat/message")), 30
-        )
-    answer = [e["body"] for e in c.json_on(f"enigma/{NODE}/event/chat/message") if e["body"]["role"] == "assistant"]
+            try:
+                assert sub.stdout is not None
+                # mosquitto_sub's subscription is in place once a retained probe comes back through it
+                await c.client.publish("chat/answers", b'{"kind":"probe"}', qos=1, retain=True)
+                assert json.loads(await asyncio.wait_for(sub.stdout.readline(), 15))["kind"] == "probe"
+                rc, _, err = await run(
+                    "mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
+                    "-t", req + "/ops", "-D", "publish", "response-topic", "chat/answers",
+                    "-m", json.dumps({"method": "chat.send", "id": "q1", "body": FRANCE}),
+                )  # fmt: skip
+                assert rc == 0, err
+                envs = []
+                while not envs or envs[-1]["kind"] == "chunk":
+                    envs.append(json.loads(await asyncio.wait_for(sub.stdout.readline(), 120)))
+            finally:
+                sub.terminate()
+                await sub.wait()
+            assert envs[-1]["kind"] == "end", envs[-1]
+            text = "".join(e["body"]["text"] for e in envs[:-1])
+            assert "Paris" in text
+            await c.wait_for(
+                lambda: any(e["body"]["role"] == "assistant" for e in c.json_on(f"enigma/{node}/event/chat/message")),
+                30,
+            )
+        finally:  # the daemon is shared: leave it as it was
+            await admin.call("module.unload", {"name": "mqtt"})
+    answer = [e["body"] for e in c.json_on(f"enigma/{node}/event/chat/message") if e["body"]["role"] == "assistant"]
     assert "Paris" in answer[-1]["text"]

@@ -12,14 +12,12 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from clients.sdk import Client
-from tests.conftest import DaemonLauncher, DaemonProcess
+from tests.conftest import DaemonProcess
 
 PART = 1024 * 1024
 
@@ -104,14 +102,6 @@ def edit_db(files: dict[str, bytes], tmp: Path, sql: str) -> None:
     db.commit()
     db.close()
     files["enigma.db"] = path.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonLauncher]:
-    """Daemons that live for a whole test module (for tests that only read, or are refused)."""
-    launcher = DaemonLauncher(tmp_path_factory.mktemp("ops"))
-    yield launcher
-    launcher.stop_all()
 
 
 def rpc_of(d: DaemonProcess) -> dict[str, str]:

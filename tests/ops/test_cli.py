@@ -19,6 +19,12 @@ ENIGMAD = str(Path(sys.executable).parent / "enigmad")
 CHECKS = ["daemon", "config", "modules", "model", "mqtt", "disk", "permissions"]
 
 
+@pytest.fixture
+def daemon(fresh_shared_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's shared daemon: these tests only read from it (a backup, the doctor's checks)."""
+    return fresh_shared_daemon
+
+
 def enigma(
     tmp: Path, *args: str, daemon: DaemonProcess | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

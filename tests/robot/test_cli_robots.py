@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from bus.mqtt_link import MqttSettings
+from bus.topics import ROBOT_STATE
 from clients.robot.drivers.sim import SimDriver
 from clients.robot.node import RobotNode
+from clients.sdk import Client
 from tests.mqtt.broker import Mosquitto
 from tests.mqtt.helpers import collector
 
@@ -29,11 +31,20 @@ async def setup(
     conf = f'[modules]\nautoload = ["robots"]\n\n[modules.robots]\nbroker = "{broker.url}"\n'
     d = await asyncio.to_thread(daemon_factory, config=conf)
     robot = RobotNode("cli1", SimDriver(), MqttSettings(url=broker.url), rate=5)
-    async with collector(broker, "enigma/robot/cli1/state") as c:
+    # The module learns of the robot through the broker, not from us: wait for its robot.state event that says
+    # the robot is online with its announcement (subscribed before the robot starts, so it cannot be missed).
+    async with Client(d.rpc, d.events, timeout=10.0) as client, client.subscribe(ROBOT_STATE) as states:
+        await states.live()
         await robot.start(wait=10)
-        await c.wait_for(lambda: bool(c.messages))
+        try:
+            async with asyncio.timeout(30):
+                async for ev in states:
+                    if ev.body["id"] == "cli1" and ev.body["online"] and ev.body.get("driver") == "sim":
+                        break
+        except BaseException:
+            await robot.close()
+            raise
     try:
-        await _wait_known(d)
         yield d, robot
     finally:
         await robot.close()
@@ -87,14 +98,6 @@ async def test_send_all_estop_halts_the_robot(broker: Mosquitto, setup: tuple[An
         assert out.stdout.strip() == "e-stop sent to enigma/robot/all/estop"
         await c.wait_for(lambda: any(s["state"] == "estop" for s in c.json_on("enigma/robot/cli1/state")))
     assert robot.controller.estopped
-
-
-async def _wait_known(d: Any) -> None:
-    """The module learns of the robot through the broker, not from us: ask (a bounded number of times)."""
-    for _ in range(100):
-        if any(r["online"] and r["driver"] == "sim" for r in await _listed(d)):
-            return
-    raise AssertionError("the robots module never saw the robot")
 
 
 async def test_watch_prints_state_changes(broker: Mosquitto, setup: tuple[Any, RobotNode]) -> None:

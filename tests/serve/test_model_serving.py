@@ -1,5 +1,5 @@
-"""Serving the real default model (SmolLM2-135M-Instruct) through a real daemon: one daemon is shared by the
-module's tests (a model load is the expensive part); the crash test starts its own."""
+"""Serving the real default model (SmolLM2-135M-Instruct) through a real daemon: the session's ``serving_daemon``
+serves the module's tests (a model load is the expensive part); the crash test starts its own."""
 
 from __future__ import annotations
 
@@ -16,32 +16,22 @@ from typing import Any
 import pytest
 
 from clients.sdk import BadRequest, Client, Conflict, Forbidden, NotFound, TooLarge
-from tests.conftest import ROOT, DaemonProcess
+from tests.conftest import ROOT, SERVING_CONFIG, DaemonProcess
 from tests.serve.conftest import StartDaemon, send_chat
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-CONFIG = """
-[modules]
-autoload = ["llm", "chat"]
-
-[modules.llm]
-context_length = 512
-max_batch = 8
-
-[modules.chat]
-flush_tokens = 1
-"""
+CHAT_ONLY = '[modules]\nautoload = ["chat"]\n'
 # Worded as tests/serve/test_llamacpp_backend.py words it: kernels that quantize activations to int8 (llama.cpp's,
 # and enigma's avx2/neon sets) answer "What is the capital of France?" greedily with a drift into French nouns.
 FRANCE = "Name the capital of France."
 
 
-@pytest.fixture(scope="module")
-def daemon(module_daemon_factory: StartDaemon) -> DaemonProcess:
-    """The default model as ``./scripts/serve`` runs it, with quantized kernels, but eager: the compiled decode step
-    (about five minutes to build for SmolLM2 on two cores) is tested on a tiny model in tests/engine/test_aot.py."""
-    return module_daemon_factory(CONFIG, timeout=600.0)
+@pytest.fixture
+def daemon(serving_daemon: DaemonProcess) -> DaemonProcess:
+    """The session's daemon with the default model, eager: the compiled decode step (about five minutes to build for
+    SmolLM2 on two cores) is tested on a tiny model in tests/engine/test_aot.py."""
+    return serving_daemon
 
 
 @pytest.fixture
@@ -271,7 +261,7 @@ async def test_model_add_load_and_remove_switch_the_serving_model(client: Client
 async def test_sigkill_during_a_reply_keeps_the_history_with_the_reply_incomplete(
     module_daemon_factory: StartDaemon,
 ) -> None:
-    d = module_daemon_factory(CONFIG)
+    d = module_daemon_factory(SERVING_CONFIG)
     received = []
     async with Client(d.rpc, d.events, timeout=120.0) as c:
         session = await c.call("session.new", {"title": "crash"})
@@ -282,7 +272,8 @@ async def test_sigkill_during_a_reply_keeps_the_history_with_the_reply_incomplet
                 if len(received) == 3:
                     d.stop(signal.SIGKILL)
                     break
-    again = module_daemon_factory(CONFIG, data_dir=d.data_dir)
+    # Reading the history back needs the chat module only: no second load of the model.
+    again = module_daemon_factory(CHAT_ONLY, data_dir=d.data_dir)
     async with Client(again.rpc, again.events, timeout=60.0) as c:
         history = (await c.call("session.history", {"id": session["id"]}))["messages"]
     assert [(m["role"], m["complete"]) for m in history] == [("user", True), ("assistant", False)]

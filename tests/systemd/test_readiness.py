@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, DaemonProcess, StartDaemon, clean_env
+from tests.conftest import DaemonProcess, StartDaemon, clean_env
 from tests.daemon import gated_daemon
 from tests.daemon.raw_client import RawClient
 
@@ -157,18 +156,8 @@ def test_sigterm_sends_stopping_exits_zero_and_closes_the_store(
 def _start_blocking_daemon(tmp_path: Path, env: dict[str, str]) -> DaemonProcess:
     args = [sys.executable, "-m", "tests.systemd.blocking_daemon", "--data-dir", str(tmp_path / "data")]
     args += ["--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0"]
-    log_path = tmp_path / "enigmad.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=clean_env(tmp_path, {**env, "ENIGMA_MODULES__AUTOLOAD": "blocker"}),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-        )
-    return DaemonProcess(proc, tmp_path / "data", log_path)
+    env = clean_env(tmp_path, {**env, "ENIGMA_MODULES__AUTOLOAD": "blocker"})
+    return DaemonProcess.spawn(args, tmp_path / "data", tmp_path / "enigmad.log", env)
 
 
 async def test_a_blocked_loop_misses_its_watchdog_pings(tmp_path: Path, systemd: FakeSystemd) -> None:
